@@ -1,0 +1,17 @@
+"""Image sources by name, and the evaluation transform."""
+
+from dinoeval.data._base import ArraySource, ImageSource, SourceInfo
+from dinoeval.data.builtin import (
+    BadImageError,
+    ImageFolderSource,
+    digits,
+    fashion_mnist,
+    read_idx,
+)
+from dinoeval.data.registry import available_sources, get_source, register_source, take_subset
+
+__all__ = [
+    "ArraySource", "BadImageError", "ImageFolderSource", "ImageSource", "SourceInfo",
+    "available_sources", "digits", "fashion_mnist", "get_source", "read_idx", "register_source",
+    "take_subset",
+]
