@@ -7,6 +7,8 @@ dict keys are the official ``last_layer.weight_g`` / ``last_layer.weight_v`` on 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +62,7 @@ class DINOHead(nn.Module):
             layers.append(nn.Linear(in_dim, bottleneck_dim))
         else:
             dims = [in_dim] + [hidden_dim] * (nlayers - 1)
-            for a, b in zip(dims[:-1], dims[1:], strict=True):
+            for a, b in itertools.pairwise(dims):
                 layers.append(nn.Linear(a, b))
                 if use_bn:
                     layers.append(nn.BatchNorm1d(b))

@@ -1,0 +1,150 @@
+"""Shared CLI plumbing: error handling, progress, tables, output files."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from dinoeval.errors import DinoevalError
+
+console = Console(stderr=True)
+out_console = Console()
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn :class:`DinoevalError` (and missing files) into one red line and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console,
+                        show_path=False)], format="%(message)s", force=True)
+    try:
+        yield
+    except DinoevalError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as err:
+        console.print(f"[bold red]error:[/] file not found: {err.filename}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def make_progress() -> Progress:
+    """A rich progress bar with counts, rate and time left (on stderr)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -> None:
+    """Print a results frame as a rich table (constant context columns shown in the caption)."""
+    show = df.drop(columns=["version", "timestamp", "ckpt_hash"], errors="ignore")
+    caption = []
+    if drop_constant and len(show) > 1:
+        for c in list(show.columns):
+            if c not in ("metric", "value", "param") and show[c].astype(str).nunique() == 1:
+                caption.append(f"{c}={show[c].iloc[0]}")
+                show = show.drop(columns=c)
+    table = Table(title=title, caption=" · ".join(caption) or None, header_style="bold cyan")
+    for c in show.columns:
+        table.add_column(str(c), justify="right" if c in ("value", "n", "seconds") else "left")
+    for _, r in show.iterrows():
+        table.add_row(*[_fmt(v) for v in r])
+    out_console.print(table)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return "" if pd.isna(v) else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return "" if v is None or v is pd.NA else str(v)
+
+
+def write_results(df: pd.DataFrame, out: Path | None) -> None:
+    """Append to ``--out`` when given and say where the rows went."""
+    if out is None:
+        return
+    from dinoeval.results import append_results
+
+    path = append_results(out, df)
+    console.print(f"[green]appended {len(df)} rows to[/] {path}")
+
+
+# Options shared by every command that extracts features (typer Annotated aliases).
+from typing import Annotated  # noqa: E402
+
+CkptOpt = Annotated[list[str], typer.Option(
+    "--ckpt", "-c", help="Backbone: checkpoint file, timm:NAME, random:ARCH or pixels. "
+    "Repeat to compare several side by side.")]
+CheckpointKeyOpt = Annotated[str, typer.Option(
+    help="Which network of a DINO training checkpoint: teacher or student.")]
+WeightsOpt = Annotated[str | None, typer.Option(help="State-dict file for a timm:NAME backbone.")]
+ImgSizeOpt = Annotated[int | None, typer.Option(
+    help="Model input size (position embeddings are interpolated). Default: the checkpoint's.")]
+NumHeadsOpt = Annotated[int | None, typer.Option(
+    help="Attention heads, when the width->heads table (192:3, 384:6, 768:12) is wrong.")]
+PixelSizeOpt = Annotated[int | None, typer.Option(
+    help="For the pixels backbone: resize images to this side (default: native size).")]
+FeatureOpt = Annotated[str, typer.Option(
+    "--feature", help="cls | cls-last4 | cls+avgpool | cls+avgpool-v2 (patch for extract only).")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
+WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers for image folders.")]
+PrecisionOpt = Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")]
+SkipBadOpt = Annotated[bool, typer.Option(
+    help="Skip unreadable images (and report how many) instead of stopping at the first.")]
+CacheDirOpt = Annotated[str | None, typer.Option(
+    help="Feature cache directory (reused when checkpoint, data and settings match).")]
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", help="Append the result rows to this .csv or .parquet table.")]
+
+
+def backbone_options(checkpoint_key: str, weights: str | None, img_size: int | None,
+                     num_heads: int | None, pixel_size: int | None):  # -> BackboneOptions
+    from dinoeval.pipeline import BackboneOptions
+
+    if checkpoint_key not in ("teacher", "student"):
+        from dinoeval.errors import DinoevalError
+
+        raise DinoevalError(f"--checkpoint-key must be teacher or student, got {checkpoint_key!r}")
+    return BackboneOptions(checkpoint_key=checkpoint_key, weights=weights, img_size=img_size,
+                           num_heads=num_heads, pixel_size=pixel_size)
+
+
+@contextlib.contextmanager
+def progress_factory():  # -> Iterator[ProgressFactory]
+    """A rich progress display; yields ``factory(description, total) -> update(done)``."""
+    with make_progress() as progress:
+        def factory(description: str, total: int):
+            task = progress.add_task(description, total=total, rate="")
+            start = [None]
+
+            def update(done: int) -> None:
+                import time
+
+                now = time.perf_counter()
+                if start[0] is None:
+                    start[0] = now
+                    progress.update(task, completed=done)
+                    return
+                rate = done / max(now - start[0], 1e-9)
+                progress.update(task, completed=done, rate=f"{rate:,.0f} img/s")
+            return update
+        yield factory

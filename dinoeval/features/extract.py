@@ -1,0 +1,260 @@
+"""Batched feature extraction: a backbone over a source -> a :class:`FeatureSet`.
+
+Feature kinds (``FEATURE_KINDS``):
+
+* ``cls``: CLS token after the final norm (the DINO k-NN default), ``(N, D)``;
+* ``cls-last4``: CLS of the last 4 blocks, each after the final norm, concatenated ``(N, 4D)``
+  (DINO's ``get_intermediate_layers`` linear-eval features for ViT-S);
+* ``cls+avgpool``: last-block CLS and mean patch token, DINOv1's interleaved order
+  ``[c0, a0, c1, a1, ...]`` ``(N, 2D)``;
+* ``cls+avgpool-v2``: the same two vectors concatenated ``[cls, avg]`` (DINOv2's order);
+* ``patch``: patch tokens after the final norm, ``(N, T, D)`` (prefix/register tokens removed).
+
+``pixels`` backbones give the raw image as ``[0, 1]`` floats, flattened, whatever the kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dinoeval.data._base import ImageSource
+from dinoeval.data.builtin import BadImageError
+from dinoeval.errors import DinoevalError
+from dinoeval.features.transforms import EvalTransform, default_crop_ratio, to_float_nchw
+from dinoeval.models.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+FEATURE_KINDS = ("cls", "cls-last4", "cls+avgpool", "cls+avgpool-v2", "patch")
+FEATURE_CODE_VERSION = "1"
+
+
+@dataclass
+class FeatureSet:
+    """Features of one backbone on one source.
+
+    Attributes:
+        features: ``(N, D)`` float32 (``(N, T, D)`` for ``patch``), possibly memory-mapped.
+        labels: ``(N,)`` int64, ``-1`` where unlabelled.
+        indices: ``(N,)`` int64 source indices kept (bad images skipped are absent).
+        meta: backbone, source, kind and transform facts.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(np.prod(self.features.shape[1:]))
+
+
+def make_transform(backbone: Backbone, source: ImageSource,
+                   crop_ratio: float | None = None) -> EvalTransform | None:
+    """The eval transform for this backbone on this source (``None`` for native-size pixels)."""
+    size = backbone.img_size
+    if backbone.kind == "pixels":
+        if size is None:
+            if source.native_size is None:
+                raise DinoevalError(f"pixels on {source.spec}: images differ in size; "
+                                    "pass --pixel-size N")
+            return None
+        return EvalTransform(size=size, crop_ratio=crop_ratio or default_crop_ratio(
+            source.native_size), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert size is not None
+    return EvalTransform(size=size, crop_ratio=crop_ratio or default_crop_ratio(source.native_size),
+                         mean=backbone.mean, std=backbone.std)
+
+
+@torch.inference_mode()
+def forward_features(backbone: Backbone, x_BCHW: torch.Tensor, kind: str) -> torch.Tensor:
+    """Features of a normalised batch: ``(B, D')`` (or ``(B, T, D)`` for ``patch``)."""
+    if backbone.kind == "pixels":
+        return x_BCHW.flatten(1)
+    model = backbone.model
+    assert model is not None
+    n_last = 4 if kind == "cls-last4" else 1
+    depth = len(model.blocks)
+    x = model.patch_embed(x_BCHW)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    outs = []
+    for i, blk in enumerate(model.blocks):
+        x = blk(x)
+        if i >= depth - n_last:
+            outs.append(model.norm(x))
+    last = outs[-1]
+    npre = backbone.num_prefix_tokens
+    if kind == "cls":
+        return last[:, 0]
+    if kind == "cls-last4":
+        return torch.cat([o[:, 0] for o in outs], dim=-1)
+    if kind == "cls+avgpool":
+        return torch.stack([last[:, 0], last[:, npre:].mean(1)], dim=-1).flatten(1)
+    if kind == "cls+avgpool-v2":
+        return torch.cat([last[:, 0], last[:, npre:].mean(1)], dim=-1)
+    if kind == "patch":
+        return last[:, npre:]
+    raise DinoevalError(f"unknown feature kind {kind!r}; use one of {', '.join(FEATURE_KINDS)}")
+
+
+def _array_batches(source: ImageSource, batch_size: int
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    arr = source.array()
+    assert arr is not None
+    for start in range(0, len(source), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(source)))
+        yield arr[start : idx[-1] + 1], idx, np.ones(len(idx), dtype=bool)
+
+
+class _LoaderDataset(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource, transform: EvalTransform | None, skip_bad: bool):
+        self.source, self.transform, self.skip_bad = source, transform, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        try:
+            img = self.source.load(i)
+            ok = True
+        except BadImageError:
+            if not self.skip_bad:
+                raise
+            img, ok = np.zeros((8, 8, 3), dtype=np.uint8), False
+        x = to_float_nchw(img[None]) if self.transform is None else self.transform(img[None])
+        if not ok or self.transform is None:
+            size = self.transform.size if self.transform else self.source.native_size
+            if not ok and size is not None:
+                x = torch.zeros(1, 3, *size)
+        return x[0], i, ok
+
+
+def iterate_batches(source: ImageSource, transform: EvalTransform | None, *, batch_size: int,
+                    num_workers: int = 0, skip_bad_images: bool = False
+                    ) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """Yield ``(x (B,3,H,W) float32, source indices (B,), ok mask (B,))`` in source order."""
+    if source.array() is not None:
+        for imgs, idx, ok in _array_batches(source, batch_size):
+            x = to_float_nchw(imgs) if transform is None else transform(imgs)
+            yield x, idx, ok
+        return
+    ds = _LoaderDataset(source, transform, skip_bad_images)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
+                                         shuffle=False, persistent_workers=False)
+    for x, idx, ok in loader:
+        yield x, idx.numpy().astype(np.int64), ok.numpy().astype(bool)
+
+
+def extract_features(
+    backbone: Backbone,
+    source: ImageSource,
+    *,
+    kind: str = "cls",
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    skip_bad_images: bool = False,
+    precision: str = "fp32",
+    crop_ratio: float | None = None,
+    cache_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> FeatureSet:
+    """Extract ``kind`` features of every image of ``source`` (see the module docstring).
+
+    Args:
+        batch_size: images per forward pass.
+        device: where the model runs (the model is moved there).
+        num_workers: DataLoader workers for file-backed sources (in-memory ones need none).
+        skip_bad_images: skip undecodable images and count them (``meta["skipped"]``) instead of
+            failing on the first one.
+        precision: ``fp32`` or ``bf16`` (autocast; the default on CUDA is still fp32).
+        cache_dir: reuse/store features there (see :mod:`dinoeval.features.cache`).
+        progress: called with the number of images done after each batch.
+    """
+    if kind not in FEATURE_KINDS:
+        raise DinoevalError(f"unknown feature kind {kind!r}; use one of {', '.join(FEATURE_KINDS)}")
+    if len(source) == 0:
+        raise DinoevalError(f"data source {source.spec} has no images")
+    transform = make_transform(backbone, source, crop_ratio)
+    meta = feature_meta(backbone, source, kind, transform, precision)
+    if cache_dir is not None:
+        from dinoeval.features.cache import FeatureCache
+
+        cache = FeatureCache(cache_dir)
+        hit = cache.get(meta)
+        if hit is not None:
+            if progress:
+                progress(len(source))
+            return hit
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    backbone.to(device)
+    chunks: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    done = 0
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for x, idx, ok in iterate_batches(source, transform, batch_size=batch_size,
+                                      num_workers=num_workers, skip_bad_images=skip_bad_images):
+        with autocast:
+            f = forward_features(backbone, x.to(device, non_blocking=True), kind)
+        f = f.float().cpu().numpy()
+        chunks.append(f[ok])
+        kept.append(idx[ok])
+        done += len(idx)
+        if progress:
+            progress(done)
+    indices = np.concatenate(kept)
+    features = np.concatenate(chunks).astype(np.float32, copy=False)
+    if not np.isfinite(features).all():
+        bad = int((~np.isfinite(features.reshape(len(features), -1))).any(1).sum())
+        raise DinoevalError(f"{backbone.spec} produced NaN/inf features for {bad} images of "
+                            f"{source.spec}; check the checkpoint (try --precision fp32)")
+    meta["skipped"] = int(len(source) - len(indices))
+    meta["seconds"] = time.perf_counter() - t0
+    if meta["skipped"]:
+        log.warning("skipped %d unreadable images of %s", meta["skipped"], source.spec)
+    fs = FeatureSet(features=features, labels=source.labels[indices].copy(), indices=indices,
+                    meta=meta)
+    if cache_dir is not None:
+        cache.put(fs)
+    return fs
+
+
+def feature_meta(backbone: Backbone, source: ImageSource, kind: str,
+                 transform: EvalTransform | None, precision: str) -> dict[str, Any]:
+    """Everything the features depend on (the cache key is a hash of it)."""
+    return {
+        "backbone": backbone.spec,
+        "ckpt_hash": backbone.content_hash,
+        "arch": backbone.name,
+        "img_size": list(backbone.img_size) if backbone.img_size else None,
+        "source": source.spec,
+        "dataset": source.name,
+        "split": source.split,
+        "source_fingerprint": source.fingerprint(),
+        "num_images": len(source),
+        "kind": "pixels" if backbone.kind == "pixels" else kind,
+        "transform": transform.key() if transform else "native",
+        "precision": precision,
+        "code_version": FEATURE_CODE_VERSION,
+    }
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation of ``(N, D)`` float32 (a copy)."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return F.normalize(t, dim=1, eps=eps).numpy()

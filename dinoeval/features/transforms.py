@@ -1,0 +1,76 @@
+"""The evaluation transform, on whole uint8 batches as tensors.
+
+ImageNet protocol (DINO's eval): resize the shorter side to ``size / crop_ratio`` (256 for 224,
+bicubic, antialiased), center-crop ``size``, normalise with the ImageNet mean/std. Small images
+(both sides <= 64 px, e.g. Fashion-MNIST) are resized straight to ``size`` (``crop_ratio = 1``):
+cutting 12% of a 28-px image's border would remove the object. Grayscale becomes 3 equal channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SMALL_IMAGE_SIDE = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalTransform:
+    """Resize + center-crop + normalise. ``size`` is (H, W) of the model input."""
+
+    size: tuple[int, int]
+    crop_ratio: float = 224 / 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def key(self) -> str:
+        d = asdict(self)
+        return ",".join(f"{k}={v}" for k, v in sorted(d.items()))
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(B, H, W[, 3]) uint8`` -> ``(B, 3, *size) float32`` normalised."""
+        x = to_float_nchw(images)
+        x = resize_center_crop(x, self.size, self.crop_ratio)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+def default_crop_ratio(native_size: tuple[int, int] | None) -> float:
+    """1.0 for small images (<= 64 px sides), else the ImageNet 224/256."""
+    if native_size is not None and max(native_size) <= SMALL_IMAGE_SIDE:
+        return 1.0
+    return 224 / 256
+
+
+def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(B, H, W)`` or ``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in [0, 1]."""
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if x.ndim == 3:
+        x = x.unsqueeze(-1)
+    if x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def resize_center_crop(x: torch.Tensor, size: tuple[int, int], crop_ratio: float) -> torch.Tensor:
+    """Resize the shorter side to ``size/crop_ratio`` (bicubic, antialias), then center-crop."""
+    h, w = x.shape[-2:]
+    th, tw = size
+    if crop_ratio >= 1.0 and (h, w) != (th, tw) and h == w and th == tw:
+        return F.interpolate(x, size=size, mode="bicubic", antialias=True,
+                             align_corners=False).clamp_(0, 1)
+    short = math.floor(min(th, tw) / crop_ratio + 1e-6)
+    if (h, w) != (th, tw) or crop_ratio < 1.0:
+        scale = short / min(h, w)
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True,
+                              align_corners=False).clamp_(0, 1)
+        h, w = nh, nw
+    top, left = round((h - th) / 2), round((w - tw) / 2)
+    return x[..., top : top + th, left : left + tw]
