@@ -15,3 +15,4 @@ __all__ = [
     "available_sources", "digits", "fashion_mnist", "get_source", "read_idx", "register_source",
     "take_subset",
 ]
+from dinoeval.data import shapes as _shapes  # noqa: F401  (registers the shapes source)
