@@ -1,0 +1,5 @@
+"""Figures (matplotlib, Agg) and self-contained HTML reports."""
+
+from dinoeval.report.html import png_data_uri, write_attention_report, write_results_report
+
+__all__ = ["png_data_uri", "write_attention_report", "write_results_report"]

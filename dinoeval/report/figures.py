@@ -1,0 +1,286 @@
+"""Figures for reports: attention overlays as RGB arrays, and matplotlib plots.
+
+Overlay functions take arrays and return ``(H, W, 3) uint8`` images (cheap enough for hundreds of
+tiles). Plot functions take computed arrays and ``ax=None``, import matplotlib inside (Agg
+backend), and return the figure, in the manner of scikit-learn's displays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+HEAT_CMAP = "inferno"
+MASK_COLOR = (0, 210, 255)
+
+
+def _new_ax(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """The given axes' figure, or a new Agg figure (no pyplot: no global state, no display)."""
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def colorize(values: np.ndarray, cmap: str = HEAT_CMAP, *, vmin: float | None = None,
+             vmax: float | None = None) -> np.ndarray:
+    """Map ``(H, W)`` values through a matplotlib colormap, min-max scaled unless given.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    import matplotlib
+
+    v = np.asarray(values, dtype=np.float32)
+    lo = float(v.min()) if vmin is None else vmin
+    hi = float(v.max()) if vmax is None else vmax
+    scaled = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+    lut = (matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return lut[np.clip(scaled * 255, 0, 255).astype(np.uint8)]
+
+
+def _grow(grid: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest upsampling of a ``(h, w[, 3])`` grid to ``shape``."""
+    fy, fx = shape[0] // grid.shape[0], shape[1] // grid.shape[1]
+    if (fy * grid.shape[0], fx * grid.shape[1]) == tuple(shape):
+        return np.repeat(np.repeat(grid, fy, axis=0), fx, axis=1)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(grid).resize((shape[1], shape[0]), Image.NEAREST))
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    g = np.asarray(image, dtype=np.float32)
+    g = g @ np.array([0.299, 0.587, 0.114], dtype=np.float32) if g.ndim == 3 else g
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def heat_overlay(image: np.ndarray, attn: np.ndarray, *, alpha: float = 0.65,
+                 cmap: str = HEAT_CMAP) -> np.ndarray:
+    """An attention heat map over a grey copy of the image.
+
+    Args:
+        image: ``(H, W, 3)`` uint8, ``H, W`` multiples of the attention grid.
+        attn: ``(h, w)`` attention over patches (min-max scaled for display).
+        alpha: weight of the heat map.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    heat = _grow(colorize(attn, cmap), image.shape[:2]).astype(np.float32)
+    out = (1 - alpha) * _gray(image) + alpha * heat
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, *, color: Sequence[int] = MASK_COLOR,
+                 dim: float = 0.3, tint: float = 0.35) -> np.ndarray:
+    """The image with the masked region tinted and outlined, the rest dimmed.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        mask: ``(H, W)`` bool.
+
+    Returns:
+        ``(H, W, 3)`` uint8.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    m = np.asarray(mask, dtype=bool)
+    c = np.asarray(color, dtype=np.float32)
+    out = np.where(m[..., None], (1 - tint) * img + tint * c, dim * img)
+    out[_edges(m)] = c
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _edges(m: np.ndarray) -> np.ndarray:
+    """Pixels of ``m`` with a 4-neighbour outside ``m`` (the mask's inner outline)."""
+    p = np.pad(m, 1, constant_values=False)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~inner
+
+
+def display_size(shape: tuple[int, ...], *, min_side: int = 112,
+                 max_side: int = 192) -> tuple[int, int]:
+    """Tile size for an ``(H, W)`` image: tiny images grow by an integer factor (crisp pixels),
+    large ones shrink so the longer side is ``max_side``."""
+    h, w = int(shape[0]), int(shape[1])
+    if max(h, w) < min_side:
+        f = -(-min_side // max(h, w))
+        return h * f, w * f
+    if max(h, w) > max_side:
+        s = max_side / max(h, w)
+        return max(1, round(h * s)), max(1, round(w * s))
+    return h, w
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 to ``size = (h, w)``: nearest when growing by an integer factor, area
+    averaging when shrinking."""
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size):
+        return image
+    if size[0] % h == 0 and size[1] % w == 0 and size[0] >= h:
+        return _grow(image, size)
+    from PIL import Image
+
+    method = Image.BOX if size[0] < h else Image.BICUBIC
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size[1], size[0]),
+                                                                          method))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool to ``size = (h, w)``, nearest."""
+    if mask.shape == tuple(size):
+        return mask
+    return _grow(mask.astype(np.uint8) * 255, size) > 127
+
+
+def fit_tile(image: np.ndarray, *, min_side: int = 112, max_side: int = 192) -> np.ndarray:
+    """An image resized for display (see :func:`display_size`)."""
+    return resize_image(image, display_size(image.shape, min_side=min_side, max_side=max_side))
+
+
+def tile_grid(tiles: Sequence[Sequence[np.ndarray | None]], *, tile: int = 96, gap: int = 4,
+              background: int = 255) -> np.ndarray:
+    """Lay ``rows x cols`` RGB tiles out on one canvas, each fitted into a ``tile`` square.
+
+    Returns:
+        ``(rows·(tile+gap), cols·(tile+gap), 3)`` uint8; ``None`` entries stay blank.
+    """
+    from PIL import Image
+
+    rows, cols = len(tiles), max((len(r) for r in tiles), default=0)
+    step = tile + gap
+    canvas = np.full((rows * step, cols * step, 3), background, dtype=np.uint8)
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            if t is None:
+                continue
+            h, w = t.shape[:2]
+            s = tile / max(h, w)
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            method = Image.NEAREST if s >= 1 else Image.BOX
+            im = np.asarray(Image.fromarray(np.ascontiguousarray(t)).resize(size, method))
+            y, x = r * step + (tile - im.shape[0]) // 2, c * step + (tile - im.shape[1]) // 2
+            canvas[y:y + im.shape[0], x:x + im.shape[1]] = im[..., :3]
+    return canvas
+
+
+def plot_tile_grid(tiles: Sequence[Sequence[np.ndarray | None]], *, row_labels: Sequence[str],
+                   col_labels: Sequence[str], title: str = "", tile: int = 96,
+                   ax: Any = None) -> Any:
+    """A labelled grid of image tiles (one ``imshow`` of a canvas, so it draws fast).
+
+    Args:
+        tiles: ``rows x cols`` RGB arrays (or ``None``).
+        row_labels, col_labels: text left of each row and above each column.
+    """
+    gap = 4
+    canvas = tile_grid(tiles, tile=tile, gap=gap)
+    h, w = canvas.shape[:2]
+    if ax is None:  # 1 canvas pixel = 1 figure pixel at 100 dpi; fixed margins, no layout engine
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        left, top, pad = 2.0, 0.55 if title else 0.35, 0.05
+        W, H = w / 100 + left + pad, h / 100 + top + pad
+        fig = Figure(figsize=(W, H), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes((left / W, pad / H, w / 100 / W, h / 100 / H))
+    else:
+        fig = ax.figure
+    ax.imshow(canvas, interpolation="nearest")
+    step = tile + gap
+    ax.set_xticks([c * step + tile / 2 for c in range(len(col_labels))], list(col_labels),
+                  fontsize=8)
+    ax.xaxis.tick_top()
+    ax.set_yticks([r * step + tile / 2 for r in range(len(row_labels))], list(row_labels),
+                  fontsize=8)
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_jaccard(labels: Sequence[str], head_means: Sequence[np.ndarray],
+                 mean_heads: Sequence[float], *, ax: Any = None) -> Any:
+    """Grouped bars: per-head mean Jaccard and the mean-of-heads Jaccard, per checkpoint.
+
+    Args:
+        labels: ``C`` checkpoint names.
+        head_means: ``C`` arrays ``(heads,)`` of per-head mean Jaccard.
+        mean_heads: ``C`` mean-of-heads Jaccard values.
+    """
+    fig, ax = _new_ax(ax, (max(5.0, 1.2 + 0.9 * len(labels) * 1.5), 3.2))
+    n = len(labels)
+    width = 0.8 / max(1, n)
+    max_heads = max((len(h) for h in head_means), default=0)
+    xs = np.arange(max_heads + 1)
+    for i, (lab, hm, mh) in enumerate(zip(labels, head_means, mean_heads, strict=True)):
+        vals = np.full(max_heads + 1, np.nan)
+        vals[:len(hm)] = hm
+        vals[-1] = mh
+        ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=lab)
+    ax.set_xticks(xs, [f"h{h}" for h in range(max_heads)] + ["mean"])
+    ax.set_ylabel("Jaccard (mean over images)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return fig
+
+
+def plot_lines(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray], *, xlabel: str = "",
+               ylabel: str = "", title: str = "", logx: bool = False, ax: Any = None) -> Any:
+    """One line per key of ``y`` (``x[key]`` the matching abscissae); NaNs are skipped."""
+    fig, ax = _new_ax(ax, (5.6, 3.2))
+    for key, yy in y.items():
+        xx = np.asarray(x[key], dtype=float)
+        yy = np.asarray(yy, dtype=float)
+        ok = np.isfinite(xx) & np.isfinite(yy)
+        ax.plot(xx[ok], yy[ok], marker="o" if ok.sum() <= 30 else None, ms=3, label=key)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(y) > 1:
+        ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def plot_bars(categories: Sequence[str], values: Mapping[str, Sequence[float]], *,
+              ylabel: str = "", title: str = "", ax: Any = None) -> Any:
+    """Grouped bars: one group per category, one bar per key of ``values``."""
+    n, k = len(categories), len(values)
+    fig, ax = _new_ax(ax, (max(4.5, 1.5 + 0.45 * n * max(1, k)), 3.2))
+    width = 0.8 / max(1, k)
+    xs = np.arange(n)
+    for i, (key, vals) in enumerate(values.items()):
+        ax.bar(xs + (i - (k - 1) / 2) * width, np.asarray(vals, dtype=float), width, label=key)
+    ax.set_xticks(xs, list(categories), rotation=20 if n > 4 else 0, ha="right" if n > 4 else
+                  "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if k > 1:
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def figure_png(fig: Any, *, dpi: int = 100, compress_level: int = 6) -> bytes:
+    """A matplotlib figure as PNG bytes (``compress_level`` 1 is fastest)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": compress_level})
+    return buf.getvalue()

@@ -1,0 +1,514 @@
+"""Self-contained HTML reports: every image a base64 PNG data URI, CSS inline, nothing fetched.
+
+* :func:`write_attention_report`: per image, the original and, for each checkpoint, the per-head
+  (and mean-of-heads) attention heat maps and thresholded masks, captioned with checkpoint, head
+  and Jaccard; a Jaccard summary table and chart; the same figures as PNG files beside it.
+* :func:`write_results_report`: a stored results table as pivot tables and plots (k-NN by k,
+  linear, collapse statistics, Jaccard, anything else), plus pretraining curves from a log CSV.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from dinoeval.errors import DinoevalError
+from dinoeval.report import figures as F
+
+if TYPE_CHECKING:
+    from dinoeval.eval.attention_runner import AttentionRun
+
+CSS = """
+:root { --fg:#1d232b; --muted:#5f6b7a; --line:#e2e6eb; --bg:#f6f7f9; --card:#fff;
+        --accent:#0a7bbd; --good:#e7f6ec; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+       color:var(--fg); background:var(--bg); }
+header { background:#14202e; color:#fff; padding:18px 28px; }
+header h1 { margin:0 0 4px; font-size:21px; font-weight:600; }
+header p { margin:2px 0; color:#c5d0dc; font-size:13px; }
+main { max-width:1400px; margin:0 auto; padding:16px 24px 48px; }
+section { background:var(--card); border:1px solid var(--line); border-radius:8px;
+          padding:14px 18px; margin:16px 0; overflow:hidden; }
+h2 { font-size:17px; margin:2px 0 10px; }
+h3 { font-size:15px; margin:0 0 8px; }
+.muted { color:var(--muted); font-size:12.5px; }
+.scroll { overflow-x:auto; }
+table.tbl { border-collapse:collapse; font-size:12.5px; margin:6px 0 10px; }
+table.tbl th, table.tbl td { border-bottom:1px solid var(--line); padding:4px 9px;
+                             text-align:right; white-space:nowrap; }
+table.tbl th { background:#f0f3f6; font-weight:600; }
+table.tbl td.name, table.tbl th.name { text-align:left; }
+table.tbl td.best { background:var(--good); font-weight:600; }
+img.plot { max-width:100%; height:auto; display:block; margin:6px 0; }
+.plots { display:flex; flex-wrap:wrap; gap:10px; }
+.plots img.plot { max-width:min(100%, 640px); }
+.image-head { display:flex; gap:16px; align-items:flex-start; margin-bottom:8px; }
+.original { width:150px; flex:none; }
+.original img { width:150px; height:auto; image-rendering:pixelated; border-radius:4px;
+                border:1px solid var(--line); }
+.ckpt { border-top:1px solid var(--line); padding:8px 0 4px; }
+.ckpt-name { font-weight:600; font-size:13px; margin-bottom:6px; overflow-wrap:anywhere; }
+.ckpt-name span { font-weight:400; color:var(--muted); }
+.tiles { display:grid; grid-template-columns:repeat(auto-fill, minmax(118px, 1fr)); gap:8px; }
+figure.card { margin:0; background:#fafbfc; border:1px solid var(--line); border-radius:6px;
+              padding:4px; min-width:0; }
+figure.card.mean { border-color:var(--accent); }
+figure.card img { width:100%; height:auto; display:block; image-rendering:pixelated;
+                  border-radius:3px; }
+figure.card img + img { margin-top:3px; }
+figure.card figcaption { font-size:11.5px; line-height:1.3; margin-top:3px;
+                         overflow-wrap:anywhere; }
+figure.card figcaption b { font-weight:600; }
+figure.card figcaption .who { display:block; color:var(--muted); white-space:nowrap;
+                              overflow:hidden; text-overflow:ellipsis; }
+table.tbl td.wrap { white-space:normal; text-align:left; min-width:260px; }
+.score { color:var(--accent); font-weight:600; }
+.legend { display:flex; gap:18px; flex-wrap:wrap; font-size:12.5px; color:var(--muted); }
+.swatch { display:inline-block; width:90px; height:10px; vertical-align:middle;
+          border-radius:2px; margin-right:6px; }
+nav.toc a { margin-right:12px; color:var(--accent); text-decoration:none; }
+"""
+
+
+def png_data_uri(image: np.ndarray | bytes) -> str:
+    """A ``data:image/png;base64,...`` URI of PNG bytes or an ``(H, W[, 3])`` uint8 array."""
+    if isinstance(image, bytes):
+        data = image
+    else:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
+        data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _img(uri: str, alt: str, cls: str = "", style: str = "") -> str:
+    c = f' class="{cls}"' if cls else ""
+    st = f' style="{style}"' if style else ""
+    return f'<img{c}{st} src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _page(title: str, subtitle: Sequence[str], body: Sequence[str]) -> str:
+    sub = "".join(f"<p>{s}</p>" for s in subtitle)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><link rel=\"icon\" href=\"data:,\">"
+            f"<style>{CSS}</style></head><body><header><h1>{html.escape(title)}</h1>{sub}"
+            f"</header><main>{''.join(body)}</main></body></html>\n")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float | np.floating) else html.escape(str(v))
+
+
+# --------------------------------------------------------------------------- attention report
+
+
+def write_attention_report(runs: Sequence[AttentionRun], originals: Sequence[np.ndarray],
+                           out_dir: str | Path, *, captions: Sequence[str] | None = None,
+                           data: str = "", png_figures: bool = True) -> Path:
+    """Write ``out_dir/index.html`` (self-contained) and ``out_dir/figures/*.png``.
+
+    Args:
+        runs: one :class:`~dinoeval.eval.attention_runner.AttentionRun` per checkpoint, all over
+            the same images in the same order.
+        originals: the images as loaded (before resizing/cropping), one per image.
+        captions: a line per image (e.g. its index and label).
+        data: where the images came from, for the header.
+        png_figures: also write one PNG per image and the Jaccard chart under ``figures/``.
+
+    Returns:
+        The HTML file's path.
+    """
+    if not runs:
+        raise DinoevalError("no checkpoints to report; pass --ckpt at least once")
+    n = len(originals)
+    for r in runs:
+        if len(r.masks) != n:
+            raise DinoevalError(f"{r.label}: {len(r.masks)} images, expected {n}")
+    captions = list(captions) if captions is not None else [f"image {i}" for i in range(n)]
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    labels = _unique_labels([r.label for r in runs])
+
+    body = [_attention_settings(runs, labels, data)]
+    scored = [r for r in runs if r.jaccard is not None]
+    if scored:
+        body.append(_jaccard_section(runs, labels, fig_dir if png_figures else None))
+    for i in range(n):
+        tiles = [_image_tiles(r, i) for r in runs]
+        body.append(_image_section(i, captions[i], originals[i], runs, labels, tiles))
+        if png_figures:
+            _write_image_png(fig_dir / f"image_{i:03d}.png", originals[i], runs, labels, tiles,
+                             captions[i])
+    title = "DINO attention maps"
+    sub = [f"{len(runs)} checkpoint{'s' * (len(runs) > 1)} · {n} image{'s' * (n > 1)}"
+           f"{' · ' + html.escape(data) if data else ''} · generated {_now()}"]
+    path = out_dir / "index.html"
+    path.write_text(_page(title, sub, body), encoding="utf-8")
+    return path
+
+
+def _unique_labels(labels: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+def _attention_settings(runs: Sequence[AttentionRun], labels: Sequence[str], data: str) -> str:
+    rows = "".join(
+        f"<tr><td class=name>{html.escape(lab)}</td><td class=name>{html.escape(r.arch)}</td>"
+        f"<td class=name><code>{html.escape(r.content_hash)}</code></td><td>{r.num_heads}</td>"
+        f"<td>{r.block}</td><td>{r.mass:g}</td><td class=wrap>{html.escape(r.prep)}</td></tr>"
+        for lab, r in zip(labels, runs, strict=True))
+    swatch = ("background:linear-gradient(90deg," + ",".join(
+        "rgb({},{},{})".format(*c) for c in F.colorize(np.linspace(0, 1, 8)[None])[0]) + ")")
+    mask_rgb = "rgb({},{},{})".format(*F.MASK_COLOR)
+    return (
+        "<section><h2>Settings</h2><div class=scroll><table class=tbl><tr>"
+        "<th class=name>checkpoint</th><th class=name>arch</th><th class=name>hash</th>"
+        "<th>heads</th><th>block</th><th>mass kept</th><th class=name>preprocessing</th></tr>"
+        f"{rows}</table></div><div class=legend>"
+        f"<span><span class=swatch style=\"{swatch}\"></span>CLS→patch attention (per map, "
+        "low → high)</span>"
+        f"<span><span class=swatch style=\"background:{mask_rgb};width:24px\"></span>mask: the "
+        "fewest patches holding the kept attention mass (outlined; the rest dimmed)</span>"
+        "<span>J = Jaccard (IoU) of the mask with the ground-truth foreground</span>"
+        f"</div>{'<p class=muted>Data: ' + html.escape(data) + '</p>' if data else ''}</section>")
+
+
+def _jaccard_section(runs: Sequence[AttentionRun], labels: Sequence[str],
+                     fig_dir: Path | None) -> str:
+    max_heads = max(r.num_heads for r in runs)
+    cols = [r.jaccard.head_means.tolist() + [None] * (max_heads - r.num_heads)
+            if r.jaccard is not None else [None] * max_heads for r in runs]
+    best_per_col = [max((c[h] for c in cols if c[h] is not None), default=None)
+                    for h in range(max_heads)]
+    means = [float(r.jaccard.mean_heads.mean()) if r.jaccard is not None else None for r in runs]
+    best_mean = max((m for m in means if m is not None), default=None)
+    head_th = "".join(f"<th>head {h}</th>" for h in range(max_heads))
+    rows = []
+    for lab, r, c, m in zip(labels, runs, cols, means, strict=True):
+        cells = "".join(
+            f"<td{' class=best' if v is not None and v == best_per_col[h] and len(runs) > 1 else ''}"
+            f">{_fmt(v)}</td>" for h, v in enumerate(c))
+        best = (f"{_fmt(float(r.jaccard.head_means[r.jaccard.best_head]))} "
+                f"(h{r.jaccard.best_head})" if r.jaccard is not None else "–")
+        mcls = " class=best" if m is not None and m == best_mean and len(runs) > 1 else ""
+        n = r.jaccard.per_head.shape[0] if r.jaccard is not None else 0
+        rows.append(f"<tr><td class=name>{html.escape(lab)}</td><td class=name>"
+                    f"{html.escape(r.arch)}</td>{cells}<td>{best}</td><td{mcls}>{_fmt(m)}</td>"
+                    f"<td>{n}</td></tr>")
+    scored = [(lab, r) for lab, r in zip(labels, runs, strict=True) if r.jaccard is not None]
+    fig = F.plot_jaccard([lab for lab, _ in scored], [r.jaccard.head_means for _, r in scored],
+                         [float(r.jaccard.mean_heads.mean()) for _, r in scored])
+    png = F.figure_png(fig)
+    if fig_dir is not None:
+        (fig_dir / "jaccard.png").write_bytes(png)
+    return ("<section id=jaccard><h2>Jaccard summary</h2><p class=muted>Mean over images of the "
+            "Jaccard index between each mask and the ground truth; <i>best</i> is the head with "
+            "the highest mean, <i>mean of heads</i> thresholds the head-averaged attention.</p>"
+            "<div class=scroll><table class=tbl><tr><th class=name>checkpoint</th>"
+            f"<th class=name>arch</th>{head_th}<th>best head</th><th>mean of heads</th>"
+            f"<th>images</th></tr>{''.join(rows)}</table></div>"
+            f"{_img(png_data_uri(png), 'Jaccard per head and checkpoint', 'plot')}</section>")
+
+
+def _image_tiles(run: AttentionRun, i: int) -> list[tuple[str, np.ndarray, np.ndarray,
+                                                          float | None]]:
+    """``(name, heat, mask, J)`` per map at display size: mean of heads first, then each head."""
+    m = run.masks[i]
+    size = F.display_size(run.images[i].shape)
+    img = F.resize_image(run.images[i], size)
+    j = run.jaccard
+    tiles = [("mean", F.heat_overlay(img, m.attn.mean(axis=0)),
+              F.mask_overlay(img, F.resize_mask(m.mean_mask, size)),
+              float(j.mean_heads[i]) if j is not None else None)]
+    for h in range(m.attn.shape[0]):
+        tiles.append((f"head {h}", F.heat_overlay(img, m.attn[h]),
+                      F.mask_overlay(img, F.resize_mask(m.head_masks[h], size)),
+                      float(j.per_head[i, h]) if j is not None else None))
+    return tiles
+
+
+def _image_section(i: int, caption: str, original: np.ndarray, runs: Sequence[AttentionRun],
+                   labels: Sequence[str], tiles: Sequence[Sequence[tuple]]) -> str:
+    orig = _img(png_data_uri(F.fit_tile(original)), f"image {i}")
+    parts = [f"<section id=img{i}><div class=image-head><div class=original>{orig}</div><div>"
+             f"<h3>{html.escape(caption)}</h3><p class=muted>original {original.shape[1]}×"
+             f"{original.shape[0]} px (width×height)</p>"]
+    gt = [r.targets[i] for r in runs if r.targets[i] is not None]
+    if gt:
+        r0 = next(r for r in runs if r.targets[i] is not None)
+        size = F.display_size(r0.images[i].shape)
+        gt_tile = F.mask_overlay(F.resize_image(r0.images[i], size), F.resize_mask(gt[0], size))
+        parts.append(_img(png_data_uri(gt_tile),
+                          "ground truth", style="width:96px;image-rendering:pixelated"))
+        parts.append("<p class=muted>ground-truth foreground</p>")
+    parts.append("</div></div>")
+    for lab, r, ts in zip(labels, runs, tiles, strict=True):
+        score = (f" · J(mean of heads) <span class=score>{r.jaccard.mean_heads[i]:.3f}</span>"
+                 if r.jaccard is not None else "")
+        parts.append(f"<div class=ckpt><div class=ckpt-name>{html.escape(lab)} "
+                     f"<span>{html.escape(r.arch)} · block {r.block}{score}</span></div>"
+                     "<div class=tiles>")
+        for name, heat, mask, j in ts:
+            alt = f"{lab} {name}"
+            js = f" · J <span class=score>{j:.3f}</span>" if j is not None else ""
+            cls = "card mean" if name == "mean" else "card"
+            parts.append(f"<figure class=\"{cls}\">{_img(png_data_uri(heat), alt)}"
+                         f"{_img(png_data_uri(mask), alt + ' mask')}"
+                         f"<figcaption><b>{html.escape(name)}</b>{js}<span class=who "
+                         f"title=\"{html.escape(lab)}\">{html.escape(lab)}</span>"
+                         "</figcaption></figure>")
+        parts.append("</div></div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _write_image_png(path: Path, original: np.ndarray, runs: Sequence[AttentionRun],
+                     labels: Sequence[str], tiles: Sequence[Sequence[tuple]], caption: str) -> None:
+    max_maps = max(len(ts) for ts in tiles)
+    grid: list[list[np.ndarray | None]] = []
+    row_labels = []
+    for k, (lab, ts) in enumerate(zip(labels, tiles, strict=True)):
+        lead = original if k == 0 else None
+        grid.append([lead] + [t[1] for t in ts] + [None] * (max_maps - len(ts)))
+        grid.append([None] + [t[2] for t in ts] + [None] * (max_maps - len(ts)))
+        short = lab if len(lab) <= 26 else "…" + lab[-25:]
+        row_labels += [f"{short}\nheat", f"{short}\nmask"]
+    names = [t[0] for t in max(tiles, key=len)]
+    col_labels = ["image", *names]
+    fig = F.plot_tile_grid(grid, row_labels=row_labels, col_labels=col_labels, title=caption)
+    path.write_bytes(F.figure_png(fig, compress_level=1))
+
+
+# ---------------------------------------------------------------------------- results report
+
+_EVAL_TITLES = {"knn": "k-NN classification", "linear": "Linear probe",
+                "collapse": "Collapse statistics", "attention": "Attention-mask Jaccard"}
+_ROWS = ("backbone", "arch", "feature")
+
+
+def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | None = None) -> Path:
+    """Render a stored results table (and optionally a pretraining log) as one HTML page.
+
+    Args:
+        df: a results table with :data:`dinoeval.results.COLUMNS` (e.g. from ``read_results``).
+        out: the HTML file to write (its folder is created).
+        pretrain_log: a CSV (or JSON-lines) log with a step/epoch column and any of loss,
+            teacher entropy, KL and online k-NN columns; missing ones are skipped.
+
+    Returns:
+        ``out``.
+    """
+    from dinoeval.results import COLUMNS
+
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DinoevalError(f"not a dinoeval results table (missing columns {', '.join(missing)})")
+    out = Path(out)
+    body: list[str] = []
+    evals = list(df["eval"].astype(str).unique())
+    order = [e for e in _EVAL_TITLES if e in evals] + sorted(e for e in evals
+                                                             if e not in _EVAL_TITLES)
+    toc = [f"<a href=\"#eval-{_slug(e)}\">{html.escape(_EVAL_TITLES.get(e, e))}</a>"
+           for e in order]
+    if pretrain_log is not None:
+        toc.append("<a href=\"#pretrain\">Pretraining</a>")
+    if toc:
+        body.append(f"<nav class=toc>{''.join(toc)}</nav>")
+    body.append(_backbones_section(df))
+    for e in order:
+        body.append(_eval_section(e, df[df["eval"].astype(str) == e]))
+    if pretrain_log is not None:
+        body.append(_pretrain_section(Path(pretrain_log)))
+    if df.empty:
+        body.append("<section><p>The results table is empty.</p></section>")
+    versions = ", ".join(sorted(df["version"].astype(str).unique())) or "–"
+    sub = [f"{len(df)} rows · {df['backbone'].nunique()} backbones · {len(order)} evaluations · "
+           f"dinoeval {html.escape(versions)} · generated {_now()}"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_page("dinoeval results", sub, body), encoding="utf-8")
+    return out
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "x"
+
+
+def _latest(df: pd.DataFrame) -> pd.DataFrame:
+    """Repeated measurements keep the latest value (as :func:`dinoeval.results.pivot` does)."""
+    keys = [c for c in ("backbone", "arch", "feature", "dataset", "split", "eval", "metric",
+                        "param") if c in df.columns]
+    return df.sort_values("timestamp", kind="stable").drop_duplicates(keys, keep="last")
+
+
+def _backbones_section(df: pd.DataFrame) -> str:
+    if df.empty:
+        return ""
+    g = (df.assign(ckpt_hash=df["ckpt_hash"].astype(str))
+         .groupby(["backbone", "arch", "ckpt_hash"], dropna=False)
+         .agg(evaluations=("eval", lambda s: ", ".join(sorted(set(map(str, s))))),
+              datasets=("dataset", lambda s: ", ".join(sorted(set(map(str, s))))),
+              rows=("value", "size"))
+         .reset_index())
+    return ("<section id=backbones><h2>Backbones</h2><div class=scroll>"
+            f"{_table_html(g.set_index(['backbone', 'arch', 'ckpt_hash']))}</div></section>")
+
+
+def _param_key(p: str) -> tuple[float, str]:
+    m = re.search(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", str(p))
+    return (float(m.group()) if m else float("inf"), str(p))
+
+
+def _wide(sub: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Pivot: rows ``backbone/arch/feature`` (+ dataset/split when they vary), latest values."""
+    sub = _latest(sub)
+    rows = list(_ROWS) + [c for c in ("dataset", "split") if sub[c].astype(str).nunique() > 1]
+    cols = [c for c in columns if sub[c].astype(str).nunique() > 1] or [columns[0]]
+    wide = sub.assign(param=sub["param"].astype(str)).pivot_table(
+        index=rows, columns=cols, values="value", aggfunc="last")
+    if "param" in cols:
+        keys = sorted(wide.columns, key=lambda c: tuple(
+            _param_key(v) if n == "param" else (0.0, str(v))
+            for n, v in zip(cols, c if isinstance(c, tuple) else (c,), strict=True)))
+        wide = wide[keys]
+    return wide
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    return table.to_html(classes="tbl", border=0, na_rep="–", escape=True,
+                         float_format=lambda v: f"{v:.4g}")
+
+
+def _series_label(key: Any) -> str:
+    parts = key if isinstance(key, tuple) else (key,)
+    return " · ".join(str(p) for p in parts if str(p))
+
+
+def _eval_section(name: str, sub: pd.DataFrame) -> str:
+    title = _EVAL_TITLES.get(name, f"Evaluation: {name}")
+    head = (f"<section id=\"eval-{_slug(name)}\"><h2>{html.escape(title)}</h2>"
+            f"<p class=muted>{len(sub)} rows · datasets: "
+            f"{html.escape(', '.join(sorted(sub['dataset'].astype(str).unique())))}</p>")
+    try:
+        table = _wide(sub, ("metric", "param"))
+        tables = f"<div class=scroll>{_table_html(table)}</div>"
+    except Exception as err:  # a malformed table still renders the rest of the page
+        tables = f"<p class=muted>could not pivot: {html.escape(str(err))}</p>"
+    plots = []
+    try:
+        plots = _eval_plots(name, _latest(sub))
+    except Exception as err:
+        plots = [f"<p class=muted>could not plot: {html.escape(str(err))}</p>"]
+    return head + tables + f"<div class=plots>{''.join(plots)}</div></section>"
+
+
+def _eval_plots(name: str, sub: pd.DataFrame) -> list[str]:
+    sub = sub[np.isfinite(sub["value"].astype(float))]
+    if sub.empty:
+        return []
+    series = ["backbone", "feature"] + [c for c in ("dataset",)
+                                        if sub[c].astype(str).nunique() > 1]
+    out = []
+    metrics = list(dict.fromkeys(sub["metric"].astype(str)))
+    params_numeric = sub["param"].astype(str).map(lambda p: np.isfinite(_param_key(p)[0]))
+    if name == "knn" or (sub["param"].astype(str).nunique() > 2 and params_numeric.all()):
+        for metric in metrics[:4]:
+            m = sub[sub["metric"].astype(str) == metric]
+            if m["param"].astype(str).nunique() < 2:
+                continue
+            xs, ys = {}, {}
+            for key, g in m.groupby(series, sort=True):
+                g = g.assign(_x=g["param"].astype(str).map(lambda p: _param_key(p)[0]))
+                g = g.sort_values("_x")
+                lab = _series_label(key)
+                xs[lab], ys[lab] = g["_x"].to_numpy(), g["value"].to_numpy()
+            xlabel = re.sub(r"[=\d.\-e]+$", "", str(m["param"].iloc[0])) or "param"
+            fig = F.plot_lines(xs, ys, xlabel=xlabel, ylabel=metric, title=f"{name}: {metric}",
+                               logx=name == "knn")
+            out.append(_img(png_data_uri(F.figure_png(fig)), f"{name} {metric}", "plot"))
+        if out:
+            return out
+    # Bars: one small chart per metric (metrics have different scales).
+    for metric in metrics[:12]:
+        m = sub[sub["metric"].astype(str) == metric]
+        m = m.assign(_series=m[series].astype(str).agg(" · ".join, axis=1),
+                     param=m["param"].astype(str))
+        params = sorted(m["param"].unique(), key=_param_key)
+        cats = list(dict.fromkeys(m["_series"]))
+        values = {p or metric: [float(m[(m["_series"] == c) & (m["param"] == p)]["value"]
+                                      .iloc[-1]) if ((m["_series"] == c) & (m["param"] == p)).any()
+                                else np.nan for c in cats] for p in params[:12]}
+        fig = F.plot_bars(cats, values, ylabel=metric, title=f"{name}: {metric}")
+        out.append(_img(png_data_uri(F.figure_png(fig)), f"{name} {metric}", "plot"))
+    return out
+
+
+# ------------------------------------------------------------------------------- pretrain log
+
+_X_CANDIDATES = ("step", "global_step", "iteration", "iter", "it", "epoch")
+_CURVES = (
+    ("Loss", re.compile(r"loss")),
+    ("Teacher entropy", re.compile(r"entropy")),
+    ("KL(teacher ‖ student)", re.compile(r"(^|[^a-z])kl([^a-z]|$)|kl_?div")),
+    ("Online k-NN", re.compile(r"knn|k_nn|nn_acc")),
+)
+
+
+def read_pretrain_log(path: Path) -> pd.DataFrame:
+    """Read a pretraining log (CSV, or JSON lines for ``.jsonl``); numeric columns only."""
+    if not path.exists():
+        raise DinoevalError(f"pretrain log {path} not found; pass the CSV that pretrain wrote")
+    try:
+        json_lines = path.suffix in (".jsonl", ".json")
+        log = pd.read_json(path, lines=True) if json_lines else pd.read_csv(path)
+    except Exception as err:
+        raise DinoevalError(f"pretrain log {path} cannot be read: {err}") from err
+    log.columns = [str(c).strip() for c in log.columns]
+    return log.apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
+
+
+def _pretrain_section(path: Path) -> str:
+    log = read_pretrain_log(path)
+    head = (f"<section id=pretrain><h2>Pretraining</h2><p class=muted>{html.escape(str(path))}"
+            f" · {len(log)} rows · columns: {html.escape(', '.join(log.columns))}</p>")
+    if log.empty:
+        return head + "<p>The log has no numeric rows.</p></section>"
+    lower = {c: c.lower() for c in log.columns}
+    xcol = next((c for cand in _X_CANDIDATES for c in log.columns if lower[c] == cand), None)
+    x = log[xcol].to_numpy(dtype=float) if xcol else np.arange(len(log), dtype=float)
+    used = {xcol}
+    plots = []
+    for title, pattern in _CURVES:
+        cols = [c for c in log.columns if c not in used and pattern.search(lower[c])]
+        if not cols:
+            plots.append(f"<p class=muted>{html.escape(title)}: no column in the log</p>")
+            continue
+        used.update(cols)
+        fig = F.plot_lines({c: x for c in cols}, {c: log[c].to_numpy(dtype=float) for c in cols},
+                           xlabel=xcol or "row", ylabel=title, title=title)
+        plots.append(_img(png_data_uri(F.figure_png(fig)), title, "plot"))
+    return head + f"<div class=plots>{''.join(plots)}</div></section>"
