@@ -93,14 +93,16 @@ def load_file(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         msg = str(err)
-        if "Unsupported global" in msg or "Weights only load failed" in msg:
-            found = re.search(r"GLOBAL ([\w.]+)", msg)
+        found = re.search(r"GLOBAL ([\w.]+)", msg)
+        if found or "Unsupported global" in msg:
             what = found.group(1) if found else "a non-tensor object"
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it pickles {what}, which could run code; "
                 "re-save it as a plain state_dict or .safetensors") from None
-        raise DinoevalError(f"checkpoint {path} cannot be read by torch.load: "
-                            f"{msg.splitlines()[0]}") from None
+        detail = next((ln for ln in msg.splitlines() if "Unsupported" in ln or "Error" in ln),
+                      msg.splitlines()[0])
+        raise DinoevalError(f"checkpoint {path} cannot be read by torch.load ({detail.strip()}); "
+                            "is it a PyTorch or safetensors checkpoint?") from None
 
 
 def _strip(state: dict[str, Any]) -> dict[str, Any]:

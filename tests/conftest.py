@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny ViTs and tiny in-memory sources (seeds are fixtures, never globals)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dinoeval.data import ArraySource
+from dinoeval.models import ViTArch, build_vit
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_collection_modifyitems(config, items):
+    have_fmnist = (FMNIST_DIR / "t10k-images-idx3-ubyte.gz").exists()
+    have_gpu = torch.cuda.is_available()
+    for item in items:
+        if "fmnist" in item.keywords and not have_fmnist:
+            item.add_marker(pytest.mark.skip(reason="needs apt-get install dataset-fashion-mnist"))
+        if "gpu" in item.keywords and not have_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def seed() -> int:
+    return 1234
+
+
+@pytest.fixture
+def tiny_arch() -> ViTArch:
+    return ViTArch(embed_dim=192, depth=2, num_heads=3, patch_size=4, img_size=(16, 16))
+
+
+@pytest.fixture
+def tiny_vit(tiny_arch: ViTArch, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_vit(tiny_arch).eval()
+        # Non-trivial position embeddings and tokens, so layout bugs change the output.
+        with torch.no_grad():
+            model.pos_embed.normal_(0, 0.5)
+            model.cls_token.normal_(0, 0.5)
+    return model
+
+
+def make_source(n: int = 40, size: int = 16, classes: int = 4, seed: int = 0,
+                rgb: bool = True, spec: str = "tiny") -> ArraySource:
+    rng = np.random.default_rng(seed)
+    shape = (n, size, size, 3) if rgb else (n, size, size)
+    images = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    labels = np.arange(n) % classes
+    return ArraySource(images, labels, spec=spec, name=spec, split="all",
+                       classes=tuple(f"c{i}" for i in range(classes)))
+
+
+@pytest.fixture
+def tiny_source() -> ArraySource:
+    return make_source()
