@@ -1,0 +1,114 @@
+"""``dinoeval attention``: CLS attention maps, masks, Jaccard, and the HTML comparison report."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dinoeval.cli._common import (
+    BatchSizeOpt,
+    CheckpointKeyOpt,
+    CkptOpt,
+    DeviceOpt,
+    ImgSizeOpt,
+    NumHeadsOpt,
+    WeightsOpt,
+    backbone_options,
+    console,
+    print_results,
+    progress_factory,
+    user_errors,
+    write_results,
+)
+
+
+def attention(
+    ckpt: CkptOpt,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Report folder: index.html (self-contained) and figures/*.png.")],
+    data: Annotated[str | None, typer.Option(
+        help="Image source, e.g. fashion-mnist:test or shapes:test (scored when it has ground "
+        "truth).")] = None,
+    images: Annotated[list[Path] | None, typer.Option(
+        "--images", help="Image files of any size (no ground truth: drawn, not scored). "
+        "Repeat the option or list several files after it.")] = None,
+    n: Annotated[int, typer.Option("--n", help="How many images of --data (the first N).")] = 16,
+    block: Annotated[int, typer.Option(help="Block index; -1 is the last.")] = -1,
+    mass: Annotated[float, typer.Option(
+        help="Attention mass the masks keep (DINO: 0.6).")] = 0.6,
+    resize: Annotated[int | None, typer.Option(
+        help="Resize the shorter side to this first (default: the model's input size; "
+        "0: native size).")] = None,
+    fit: Annotated[str, typer.Option(
+        help="crop (centre crop) or pad (zeros) to a multiple of the patch size.")] = "crop",
+    checkpoint_key: CheckpointKeyOpt = "teacher",
+    weights: WeightsOpt = None,
+    img_size: ImgSizeOpt = None,
+    num_heads: NumHeadsOpt = None,
+    batch_size: BatchSizeOpt = 16,
+    device: DeviceOpt = "cpu",
+    results: Annotated[Path | None, typer.Option(
+        help="Append the Jaccard rows to this .csv or .parquet results table.")] = None,
+    png: Annotated[bool, typer.Option(help="Also write the figures as PNG files.")] = True,
+    more_images: Annotated[list[Path] | None, typer.Argument(
+        metavar="[FILE]...", help="More image files after --images FILE.",
+        show_default=False)] = None,
+) -> None:
+    """Last-block CLS attention per head, DINO mass-threshold masks and their Jaccard, side by
+    side for several checkpoints in one self-contained HTML page.
+
+    Examples:
+
+      dinoeval attention --ckpt runs/fm/checkpoint.pth --ckpt random:vit_tiny_p4_28
+      --data fashion-mnist:test --n 32 --out reports/attn
+
+      dinoeval attention --ckpt A --images cat.jpg --images street.png --out reports/attn
+    """
+    from dinoeval.data import get_source
+    from dinoeval.errors import DinoevalError
+    from dinoeval.eval.attention_runner import AttentionConfig, FileListSource, attention_report
+    from dinoeval.pipeline import specs
+
+    with user_errors():
+        if more_images and not images:
+            raise DinoevalError(f"unexpected argument {more_images[0]}; image files go after "
+                                "--images")
+        images = [*(images or []), *(more_images or [])]
+        if (data is None) == (not images):
+            raise DinoevalError("pass exactly one of --data SPEC or --images FILE ...")
+        if fit not in ("crop", "pad"):
+            raise DinoevalError(f"--fit must be crop or pad, got {fit!r}")
+        if not 0 < mass <= 1:
+            raise DinoevalError(f"--mass must be in (0, 1], got {mass}")
+        if n <= 0:
+            raise DinoevalError(f"--n must be positive, got {n}")
+        if batch_size <= 0:
+            raise DinoevalError(f"--batch-size must be positive, got {batch_size}")
+        config = AttentionConfig(block=block, mass=mass, resize=resize, fit=fit,
+                                 batch_size=batch_size, device=device)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, None)
+        source = FileListSource(images or []) if images else get_source(data or "")
+        indices = list(range(min(n, len(source)))) if not images else list(range(len(source)))
+        loaders = [functools.partial(bopts.load, s) for s in specs(ckpt)]
+        with progress_factory() as pf:
+            report = attention_report(loaders, source, indices, config, out, progress=pf,
+                                      png_figures=png)
+        for run in report.runs:
+            console.print(f"[dim]{run.label}: {run.prep}[/]", highlight=False)
+            for note in run.notes:
+                console.print(f"[yellow]note:[/] {run.label}: {note}", highlight=False)
+        if len(report.frame):
+            shown = report.frame[report.frame["metric"] == "jaccard"]
+            shown = shown[shown["param"].isin(["head=best", "head=mean"])]
+            print_results(shown, title="Attention-mask Jaccard (mean over images)")
+        else:
+            console.print(f"[yellow]{source.spec} has no ground truth: maps drawn, not scored[/]")
+        write_results(report.frame, results)
+        console.print(f"[green]report[/] {report.html} [dim]({report.seconds:.1f} s)[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attention")(attention)
