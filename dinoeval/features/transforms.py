@@ -49,7 +49,11 @@ def default_crop_ratio(native_size: tuple[int, int] | None) -> float:
 
 def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``(B, H, W)`` or ``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32 in [0, 1]."""
-    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    if isinstance(images, torch.Tensor):
+        x = images
+    else:
+        arr = np.asarray(images)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if x.ndim == 3:
         x = x.unsqueeze(-1)
     if x.shape[-1] == 1:
