@@ -35,7 +35,7 @@ def test_official_backbone_state_dict(tmp_path, tiny_vit, images):
     p = tmp_path / "dino_deittiny4_pretrain.pth"
     torch.save(tiny_vit.state_dict(), p)
     bb = _check_same(p, tiny_vit, images)
-    assert bb.arch.embed_dim == 192 and bb.arch.num_heads == 3 and bb.arch.depth == 2 and bb.arch.patch_size == 4
+    assert (bb.arch.embed_dim, bb.arch.num_heads, bb.arch.depth, bb.arch.patch_size) == (192, 3, 2, 4)
     assert bb.arch.img_size == (16, 16) and bb.meta["format"] == "state_dict"
 
 
