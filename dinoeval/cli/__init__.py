@@ -21,6 +21,7 @@ app = typer.Typer(
 # One line per command module; each defines register(app).
 _COMMAND_MODULES = [
     "dinoeval.cli.attention",
+    "dinoeval.cli.demo",
     "dinoeval.cli.knn",
     "dinoeval.cli.report",
 ]

@@ -294,10 +294,8 @@ def parse_options(arg: str | None, options: str | None) -> ShapesConfig:
 
 @functools.lru_cache(maxsize=4)
 def _cached(cfg: ShapesConfig) -> ShapesArrays:
-    arrays = generate_shapes(cfg)
-    for a in (arrays.images, arrays.masks, arrays.labels):
-        a.flags.writeable = False
-    return arrays
+    # Sources built from one spec share these arrays: callers must not write into them.
+    return generate_shapes(cfg)
 
 
 def shapes(cfg: ShapesConfig | None = None, **kwargs: object) -> ArraySource:

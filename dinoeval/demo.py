@@ -1,0 +1,437 @@
+"""The demo runner: a DINO checkpoint vs its random-init twin vs raw pixels, on every evaluation.
+
+``dinoeval demo`` evaluates the checkpoint shipped in ``dinoeval/assets/checkpoints`` (or one that
+``--pretrain`` trains first, or any ``--ckpt``), ``random:<that checkpoint>`` (the same
+architecture, random weights) and ``pixels`` on the procedural ``shapes`` dataset (default) or
+Fashion-MNIST: weighted k-NN, a linear probe, k-means clustering, SSL collapse and neural-collapse
+statistics, and — on data with ground-truth masks — the Jaccard of the last block's CLS attention
+masks. It writes ``results.csv``, ``results.md``, ``report.html`` and ``attention/index.html``
+under the output folder, and returns a one-row-per-backbone summary plus target checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dinoeval.data import get_source
+from dinoeval.data._base import ImageSource
+from dinoeval.errors import DinoevalError
+from dinoeval.features import FeatureSet, extract_features
+from dinoeval.models import Backbone, load_backbone
+from dinoeval.results import Context, Row, concat, to_frame
+
+log = logging.getLogger(__name__)
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+EventFn = Callable[[str, dict[str, Any]], None]
+
+ASSETS = Path(__file__).parent / "assets" / "checkpoints"
+# Collapse statistics eigen-decompose a D x D float64 matrix: seconds at D = 2048, but raw pixels
+# of a 64x64 RGB image have 12,288 dims (1.2 GB, minutes), so wider features skip them.
+MAX_STATS_DIM = 2048
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoData:
+    """One dataset the demo knows: its splits, shipped checkpoint and pretraining recipe."""
+
+    name: str
+    train: str
+    test: str
+    checkpoint: str  # file name under ASSETS
+    recipe: dict[str, Any]  # PretrainConfig fields for --pretrain (data filled in)
+    title: str
+
+
+SHAPES_TRAIN = "shapes:train@n=5000,size=64,classes=6,seed=0"
+SHAPES_TEST = "shapes:test@n=1000,size=64,classes=6,seed=0"
+
+DATASETS: dict[str, DemoData] = {
+    "shapes": DemoData(
+        name="shapes", train=SHAPES_TRAIN, test=SHAPES_TEST,
+        checkpoint="shapes_vit_d192x4_p8.pth",
+        recipe=dict(arch="vit_tiny", patch_size=8, depth=4, img_size=64, out_dim=1024,
+                    head_hidden_dim=512, head_bottleneck_dim=128, local_crops_number=4,
+                    batch_size=128, lr=5e-4, warmup_epochs=1, momentum_teacher=0.99,
+                    warmup_teacher_temp_epochs=1, drop_path=0.0, seed=0),
+        title="procedural shapes (6 classes, 64 px, masks)"),
+    "fashion-mnist": DemoData(
+        name="fashion-mnist", train="fashion-mnist:train", test="fashion-mnist:test",
+        checkpoint="fmnist_vit_d192x4_p4.pth",
+        recipe=dict(arch="vit_tiny", patch_size=4, depth=4, img_size=28, out_dim=1024,
+                    head_hidden_dim=512, head_bottleneck_dim=128, local_crops_number=4,
+                    batch_size=128, lr=5e-4, warmup_epochs=1, momentum_teacher=0.99,
+                    warmup_teacher_temp_epochs=1, drop_path=0.0, seed=0),
+        title="Fashion-MNIST (10 classes, 28 px)"),
+}
+
+# Targets of issue 6, checked on every run and printed under the table.
+TARGET_KNN_OVER_RANDOM = 0.15
+TARGET_KNN_OVER_PIXELS = 0.10
+TARGET_JACCARD_OVER_RANDOM = 0.15
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """What ``dinoeval demo`` runs.
+
+    Attributes:
+        data: a key of :data:`DATASETS` (``shapes`` or ``fashion-mnist``).
+        ckpt: the checkpoint to evaluate; ``None``: the shipped one (or the one ``pretrain``
+            trains).
+        train, test: data specs overriding the dataset's splits (tests use small ones).
+        pretrain: train the checkpoint from scratch first, for ``pretrain_minutes``.
+        knn_k: the headline k of the summary (all of ``knn_ks`` are in the full table).
+        linear_epochs: epochs of the grid linear probe on cached features.
+        attention_images: test images whose attention masks are scored.
+        report_images: of those, how many the attention report draws.
+        batch_size, device, seed: extraction batch, torch device, every seed of the run.
+    """
+
+    data: str = "shapes"
+    ckpt: str | None = None
+    train: str | None = None
+    test: str | None = None
+    pretrain: bool = False
+    pretrain_minutes: float = 3.0
+    knn_ks: tuple[int, ...] = (10, 20, 100, 200)
+    knn_k: int = 20
+    linear_epochs: int = 10
+    attention_images: int = 200
+    report_images: int = 6
+    batch_size: int = 256
+    device: str = "cpu"
+    seed: int = 0
+
+    def dataset(self) -> DemoData:
+        if self.data not in DATASETS:
+            raise DinoevalError(f"demo data must be one of {', '.join(DATASETS)}, got "
+                                f"{self.data!r}")
+        return DATASETS[self.data]
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One target of issue 6: ``value >= threshold``."""
+
+    name: str
+    value: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value >= self.threshold)
+
+    def text(self) -> str:
+        mark = "PASS" if self.passed else "MISS"
+        return f"{mark}  {self.name}: {self.value:.4f} (target >= {self.threshold:.4f})"
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced.
+
+    Attributes:
+        frame: every number, long format (:data:`dinoeval.results.COLUMNS`).
+        summary: one row per backbone, one column per headline metric.
+        targets: the issue's targets measured on this run.
+        files: name -> path of everything written.
+        notes: what was skipped or converted.
+        seconds: wall time of the whole run.
+    """
+
+    frame: pd.DataFrame
+    summary: pd.DataFrame
+    targets: list[TargetCheck]
+    files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def shipped_checkpoint(data: str) -> Path:
+    """The checkpoint shipped for ``data`` (raises when it is missing)."""
+    cfg = DemoConfig(data=data).dataset()
+    path = ASSETS / cfg.checkpoint
+    if not path.exists():
+        raise DinoevalError(f"the shipped checkpoint {path} is missing; reinstall dinoeval, "
+                            "pass --ckpt FILE, or train one with --pretrain")
+    return path
+
+
+# ---------------------------------------------------------------------------------- pretrain
+
+
+def pretrain_checkpoint(config: DemoConfig, out_dir: Path, *,
+                        on_event: EventFn | None = None) -> Path:
+    """Train the demo's recipe from scratch for ``config.pretrain_minutes``; the checkpoint path."""
+    from pretrain import PretrainConfig, train_loop
+
+    ds = config.dataset()
+    recipe = {**ds.recipe, "seed": config.seed}
+    pcfg = PretrainConfig(data=config.train or ds.train, device=config.device,
+                          time_budget_minutes=config.pretrain_minutes,
+                          **recipe)
+    run_dir = out_dir / "pretrain"
+    if (run_dir / "checkpoint.pth").exists():
+        raise DinoevalError(f"{run_dir} already holds a pretraining run; delete it or pass "
+                            "--out to another folder")
+    result = train_loop(pcfg, run_dir, on_event=on_event)
+    if result.checkpoint is None:
+        raise DinoevalError(f"pretraining in {run_dir} wrote no checkpoint")
+    return Path(result.checkpoint)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Backbone:
+    role: str  # "DINO", "random init", "pixels"
+    backbone: Backbone
+    train: FeatureSet
+    test: FeatureSet
+
+
+def _context(b: _Backbone, source: ImageSource) -> Context:
+    return Context(backbone=b.backbone.spec, ckpt_hash=b.backbone.content_hash,
+                   arch=b.backbone.name, dataset=source.name, split=source.split,
+                   feature="pixels" if b.backbone.kind == "pixels" else "cls")
+
+
+def _frame(rows: list[Row], b: _Backbone, source: ImageSource, t0: float) -> pd.DataFrame:
+    return to_frame(rows, _context(b, source), seconds=time.perf_counter() - t0)
+
+
+def _knn(b: _Backbone, cfg: DemoConfig, c: int) -> list[Row]:
+    from dinoeval.eval.knn import knn_classify
+
+    ks = tuple(k for k in cfg.knn_ks if k <= len(b.train)) or (min(len(b.train), cfg.knn_k),)
+    res = knn_classify(b.train.features, b.train.labels, b.test.features, b.test.labels, ks=ks,
+                       num_classes=c)
+    return res.to_rows()
+
+
+def _linear(b: _Backbone, cfg: DemoConfig, c: int) -> tuple[list[Row], Any]:
+    from dinoeval.eval.linear import LinearProbeConfig, linear_probe
+
+    res = linear_probe(b.train.features, b.train.labels, b.test.features, b.test.labels,
+                       config=LinearProbeConfig(epochs=cfg.linear_epochs, seed=cfg.seed),
+                       num_classes=c, device=cfg.device)
+    return res.to_rows(), res
+
+
+def _clusters(b: _Backbone, cfg: DemoConfig, c: int) -> list[Row]:
+    from dinoeval.eval import clusters
+
+    res = clusters.cluster_features(b.test.features, b.test.labels, num_clusters=c,
+                                    seed=cfg.seed)
+    return res.to_rows()
+
+
+def _collapse(b: _Backbone, probe: Any, cfg: DemoConfig, c: int) -> list[Row]:
+    from dinoeval.eval.collapse import collapse_stats
+    from dinoeval.eval.neural_collapse import neural_collapse
+
+    rows = collapse_stats(b.test.features, seed=cfg.seed).to_rows()
+    rows += neural_collapse(b.train.features, b.train.labels, weight=probe.weight,
+                            bias=probe.bias, num_classes=c).to_rows()
+    return rows
+
+
+def _attention(b: _Backbone, source: ImageSource, cfg: DemoConfig,
+               progress: ProgressFactory | None) -> Any:
+    from dinoeval.eval.attention_runner import AttentionConfig, run_attention
+
+    n = min(cfg.attention_images, len(source))
+    indices = np.arange(n)
+    cb = progress(f"attention {b.role}", n) if progress else None
+    return run_attention(b.backbone, source, indices,
+                         AttentionConfig(device=cfg.device, batch_size=64), progress=cb)
+
+
+def _extract(backbone: Backbone, source: ImageSource, cfg: DemoConfig,
+             progress: ProgressFactory | None, role: str) -> FeatureSet:
+    cb = progress(f"{role}: features of {source.spec}", len(source)) if progress else None
+    return extract_features(backbone, source, kind="cls", batch_size=cfg.batch_size,
+                            device=cfg.device, progress=cb)
+
+
+def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFactory | None = None,
+             on_pretrain_event: EventFn | None = None) -> DemoResult:
+    """Run the whole demo and write its files under ``out_dir`` (see the module docstring)."""
+    t_start = time.perf_counter()
+    ds = config.dataset()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    if config.pretrain:
+        ckpt = str(pretrain_checkpoint(config, out, on_event=on_pretrain_event))
+    else:
+        ckpt = config.ckpt or str(shipped_checkpoint(config.data))
+    train_src, test_src = get_source(config.train or ds.train), get_source(config.test or ds.test)
+    c = max(len(train_src.classes), len(test_src.classes))
+
+    specs = [("DINO", ckpt), ("random init", f"random:{ckpt}"), ("pixels", "pixels")]
+    frames: list[pd.DataFrame] = []
+    attention_runs: list[Any] = []
+    for role, spec in specs:
+        backbone = load_backbone(spec, seed=config.seed)
+        notes += [f"{role}: {n}" for n in backbone.notes]
+        b = _Backbone(role, backbone, _extract(backbone, train_src, config, progress, role),
+                      _extract(backbone, test_src, config, progress, role))
+        t0 = time.perf_counter()
+        frames.append(_frame(_knn(b, config, c), b, test_src, t0))
+        t0 = time.perf_counter()
+        linear_rows, probe = _linear(b, config, c)
+        frames.append(_frame(linear_rows, b, test_src, t0))
+        t0 = time.perf_counter()
+        try:
+            frames.append(_frame(_clusters(b, config, c), b, test_src, t0))
+        except ImportError as err:  # dinoeval.eval.clusters not installed yet
+            notes.append(f"clustering skipped: {err}")
+        if b.train.dim <= MAX_STATS_DIM:
+            t0 = time.perf_counter()
+            frames.append(_frame(_collapse(b, probe, config, c), b, test_src, t0))
+        else:
+            notes.append(f"{role}: collapse statistics skipped ({b.train.dim:,} dims > "
+                         f"{MAX_STATS_DIM:,}: the D x D eigen-decomposition takes minutes)")
+        if backbone.kind == "vit" and test_src.has_masks and config.attention_images > 0:
+            from dinoeval.eval.attention_runner import attention_frame
+
+            run = _attention(b, test_src, config, progress)
+            attention_runs.append((role, run))
+            frames.append(attention_frame(run, test_src))
+    frame = concat(frames)
+    roles = {spec: role for role, spec in specs}
+    summary = summarize(frame, roles, k=config.knn_k)
+    targets = check_targets(summary)
+    files = write_outputs(out, frame, summary, targets, attention_runs, test_src, config, ds,
+                          ckpt)
+    return DemoResult(frame=frame, summary=summary, targets=targets, files=files, notes=notes,
+                      seconds=time.perf_counter() - t_start)
+
+
+# ---------------------------------------------------------------------------------- summary
+
+# (column title, eval, metric, param); the first matching row wins.
+SUMMARY_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("k-NN top-1", "knn", "top1", "k={k}"),
+    ("linear top-1", "linear-grid", "top1", None),
+    ("k-means NMI", "clusters", "nmi", None),
+    ("k-means acc", "clusters", "accuracy", None),
+    ("RankMe", "collapse", "rankme", None),
+    ("NC1", "neural_collapse", "nc1", None),
+    ("attn Jaccard (mean of heads)", "attention", "jaccard", "head=mean"),
+    ("attn Jaccard (best head)", "attention", "jaccard", "head=best"),
+)
+
+
+def summarize(frame: pd.DataFrame, roles: dict[str, str], *, k: int = 20) -> pd.DataFrame:
+    """One row per backbone (in ``roles`` order), one column per headline metric."""
+    records = []
+    for spec, role in roles.items():
+        sub = frame[frame["backbone"] == spec]
+        rec: dict[str, Any] = {"backbone": role, "arch": sub["arch"].iloc[0] if len(sub) else ""}
+        for title, ev, metric, param in SUMMARY_COLUMNS:
+            hit = sub[(sub["eval"] == ev) & (sub["metric"] == metric)]
+            if param is not None:
+                hit = hit[hit["param"] == param.format(k=k)]
+            rec[title] = float(hit["value"].iloc[0]) if len(hit) else math.nan
+        records.append(rec)
+    summary = pd.DataFrame.from_records(records)
+    return summary.dropna(axis=1, how="all")
+
+
+def check_targets(summary: pd.DataFrame) -> list[TargetCheck]:
+    """The issue's targets: DINO k-NN >= random + 15 points and >= pixels + 10 points; DINO
+    mean-of-heads Jaccard >= random + 0.15 (where attention was scored)."""
+    by = summary.set_index("backbone")
+    out: list[TargetCheck] = []
+    if "k-NN top-1" in by and {"DINO", "random init", "pixels"} <= set(by.index):
+        knn = by["k-NN top-1"]
+        out.append(TargetCheck("DINO k-NN top-1 vs random init + 0.15", float(knn["DINO"]),
+                               float(knn["random init"]) + TARGET_KNN_OVER_RANDOM))
+        out.append(TargetCheck("DINO k-NN top-1 vs pixels + 0.10", float(knn["DINO"]),
+                               float(knn["pixels"]) + TARGET_KNN_OVER_PIXELS))
+    col = "attn Jaccard (mean of heads)"
+    if col in by and {"DINO", "random init"} <= set(by.index):
+        jac = by[col]
+        if not (math.isnan(jac["DINO"]) or math.isnan(jac["random init"])):
+            out.append(TargetCheck("DINO attention Jaccard vs random init + 0.15",
+                                   float(jac["DINO"]),
+                                   float(jac["random init"]) + TARGET_JACCARD_OVER_RANDOM))
+    return out
+
+
+# ---------------------------------------------------------------------------------- outputs
+
+
+def summary_markdown(summary: pd.DataFrame, targets: list[TargetCheck], *, title: str,
+                     ckpt: str, seconds: float | None = None) -> str:
+    """The summary table and the target checks as a markdown page."""
+    lines = [f"# dinoeval demo: {title}", "", f"Checkpoint: `{ckpt}`", "",
+             summary.to_markdown(index=False, floatfmt=".4f"), ""]
+    if targets:
+        lines += ["## Targets (issue 6)", ""] + [f"- {t.text()}" for t in targets] + [""]
+    if seconds is not None:
+        lines.append(f"Wall time: {seconds:.0f} s")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
+                  targets: list[TargetCheck], attention_runs: list[tuple[str, Any]],
+                  test_src: ImageSource, config: DemoConfig, ds: DemoData,
+                  ckpt: str) -> dict[str, Path]:
+    """Write ``results.csv`` (replaced, not appended), ``summary.csv``, ``results.md``,
+    ``report.html`` and ``attention/index.html``."""
+    import json
+
+    files: dict[str, Path] = {}
+    files["results.csv"] = out / "results.csv"
+    frame.to_csv(files["results.csv"], index=False)
+    files["summary.csv"] = out / "summary.csv"
+    summary.to_csv(files["summary.csv"], index=False)
+    files["results.md"] = out / "results.md"
+    files["results.md"].write_text(summary_markdown(summary, targets, title=ds.title, ckpt=ckpt))
+    files["config.json"] = out / "config.json"
+    files["config.json"].write_text(json.dumps(
+        {"demo": dataclasses.asdict(config), "ckpt": ckpt,
+         "train": config.train or ds.train, "test": config.test or ds.test}, indent=1,
+        default=str))
+    try:
+        from dinoeval.report.html import write_results_report
+    except ImportError as err:  # the report module is optional while it is being written
+        log.warning("report.html skipped: %s", err)
+    else:
+        log_csv = out / "pretrain" / "log.csv"
+        files["report.html"] = write_results_report(
+            frame, out / "report.html", pretrain_log=log_csv if log_csv.exists() else None)
+    if attention_runs:
+        files["attention"] = _attention_report(out / "attention", attention_runs, test_src,
+                                               config)
+    return files
+
+
+def _attention_report(out: Path, runs: list[tuple[str, Any]], source: ImageSource,
+                      config: DemoConfig) -> Path:
+    from dinoeval.eval.attention_runner import image_captions
+    from dinoeval.report.html import write_attention_report
+
+    n = min(config.report_images, len(runs[0][1].masks))
+    trimmed = [dataclasses.replace(r, label=role, indices=r.indices[:n], images=r.images[:n],
+                                   targets=r.targets[:n], masks=r.masks[:n])
+               for role, r in runs]
+    idx = trimmed[0].indices
+    originals = [source.load(int(i)) for i in idx]
+    return write_attention_report(trimmed, originals, out, captions=image_captions(source, idx),
+                                  data=source.spec, png_figures=False)
