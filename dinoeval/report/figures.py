@@ -218,8 +218,9 @@ def plot_jaccard(labels: Sequence[str], head_means: Sequence[np.ndarray],
         head_means: ``C`` arrays ``(heads,)`` of per-head mean Jaccard.
         mean_heads: ``C`` mean-of-heads Jaccard values.
     """
-    fig, ax = _new_ax(ax, (max(5.0, 1.2 + 0.9 * len(labels) * 1.5), 3.2))
     n = len(labels)
+    fig, ax = _new_ax(ax, (max(5.5, 1.5 + 0.35 * n * (1 + max(len(h) for h in head_means))),
+                           3.0 + 0.2 * n))
     width = 0.8 / max(1, n)
     max_heads = max((len(h) for h in head_means), default=0)
     xs = np.arange(max_heads + 1)
@@ -227,12 +228,13 @@ def plot_jaccard(labels: Sequence[str], head_means: Sequence[np.ndarray],
         vals = np.full(max_heads + 1, np.nan)
         vals[:len(hm)] = hm
         vals[-1] = mh
-        ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=lab)
+        short = lab if len(lab) <= 48 else "…" + lab[-47:]
+        ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=short)
     ax.set_xticks(xs, [f"h{h}" for h in range(max_heads)] + ["mean"])
     ax.set_ylabel("Jaccard (mean over images)")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     return fig
 
 

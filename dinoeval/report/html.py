@@ -398,9 +398,42 @@ def _wide(sub: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return wide
 
 
-def _table_html(table: pd.DataFrame) -> str:
-    return table.to_html(classes="tbl", border=0, na_rep="–", escape=True,
-                         float_format=lambda v: f"{v:.4g}")
+def _table_html(table: pd.DataFrame, *, highlight_max: bool = False) -> str:
+    """A pivot table as compact HTML: index levels as name columns, grouped column headers,
+    and (optionally) the best value of each column highlighted."""
+    idx_names = [str(n) if n is not None else "" for n in table.index.names]
+    cols = list(table.columns)
+    levels = table.columns.nlevels
+    col_tuples = [c if isinstance(c, tuple) else (c,) for c in cols]
+    head = []
+    for lvl in range(levels):
+        cells = []
+        if lvl == levels - 1:
+            cells += [f"<th class=name>{html.escape(n)}</th>" for n in idx_names]
+        else:
+            cells.append(f"<th colspan={len(idx_names)}></th>")
+        j = 0
+        while j < len(col_tuples):  # merge equal neighbours of this level (and the ones above)
+            k = j
+            while k + 1 < len(col_tuples) and col_tuples[k + 1][:lvl + 1] == col_tuples[j][:lvl + 1]:
+                k += 1
+            span = f" colspan={k - j + 1}" if k > j else ""
+            cells.append(f"<th{span}>{html.escape(str(col_tuples[j][lvl]))}</th>")
+            j = k + 1
+        head.append("<tr>" + "".join(cells) + "</tr>")
+    best = table.max(axis=0, numeric_only=True) if highlight_max and len(table) > 1 else None
+    body = []
+    for key, row in table.iterrows():
+        keys = key if isinstance(key, tuple) else (key,)
+        cells = [f"<td class=name>{html.escape(str(v))}</td>" for v in keys]
+        for c, v in zip(cols, row, strict=True):
+            num = isinstance(v, int | float | np.number) and not isinstance(v, bool)
+            is_best = best is not None and num and np.isfinite(v) and v == best.get(c)
+            text = (f"{v:.4g}" if num and np.isfinite(v) else "–" if num
+                    else html.escape(str(v)))
+            cells.append(f"<td{' class=best' if is_best else ''}>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class=tbl>{''.join(head)}{''.join(body)}</table>"
 
 
 def _series_label(key: Any) -> str:
@@ -415,7 +448,8 @@ def _eval_section(name: str, sub: pd.DataFrame) -> str:
             f"{html.escape(', '.join(sorted(sub['dataset'].astype(str).unique())))}</p>")
     try:
         table = _wide(sub, ("metric", "param"))
-        tables = f"<div class=scroll>{_table_html(table)}</div>"
+        higher_better = name in ("knn", "linear", "attention")
+        tables = f"<div class=scroll>{_table_html(table, highlight_max=higher_better)}</div>"
     except Exception as err:  # a malformed table still renders the rest of the page
         tables = f"<p class=muted>could not pivot: {html.escape(str(err))}</p>"
     plots = []
