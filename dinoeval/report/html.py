@@ -317,8 +317,10 @@ def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | No
     Args:
         df: a results table with :data:`dinoeval.results.COLUMNS` (e.g. from ``read_results``).
         out: the HTML file to write (its folder is created).
-        pretrain_log: a CSV (or JSON-lines) log with a step/epoch column and any of loss,
-            teacher entropy, KL and online k-NN columns; missing ones are skipped.
+        pretrain_log: a pretrain run folder (its ``log.csv`` per step and ``epochs.csv`` per
+            epoch), or one CSV (or JSON-lines) log (a ``log.csv`` brings its sibling
+            ``epochs.csv``). Columns are matched by name: a step/epoch axis and any of loss,
+            teacher entropy, KL and online k-NN; missing ones are said, not fatal.
 
     Returns:
         ``out``.
@@ -510,12 +512,27 @@ _CURVES = (
     ("KL(teacher ‖ student)", re.compile(r"(^|[^a-z])kl([^a-z]|$)|kl_?div")),
     ("Online k-NN", re.compile(r"knn|k_nn|nn_acc")),
 )
+_NOT_CURVES = re.compile(r"(^|_)k$|_k_|(^|_)n$")  # settings logged beside a metric (knn_k)
+_LOG_NAMES = ("log.csv", "epochs.csv")  # what `pretrain` writes into its run folder
+
+
+def pretrain_log_files(path: Path) -> list[Path]:
+    """The logs to read for ``path``: a run folder's ``log.csv`` (per step) and ``epochs.csv``
+    (per epoch, with the online k-NN), or one file plus its sibling of those names."""
+    if path.is_dir():
+        files = [path / n for n in _LOG_NAMES if (path / n).is_file()]
+        if not files:
+            raise DinoevalError(f"pretrain run folder {path} has no {' or '.join(_LOG_NAMES)}")
+        return files
+    if not path.exists():
+        raise DinoevalError(f"pretrain log {path} not found; pass the log.csv (or the run "
+                            "folder) that pretrain wrote")
+    siblings = [path.with_name(n) for n in _LOG_NAMES] if path.name in _LOG_NAMES else []
+    return [path] + [p for p in siblings if p != path and p.is_file()]
 
 
 def read_pretrain_log(path: Path) -> pd.DataFrame:
-    """Read a pretraining log (CSV, or JSON lines for ``.jsonl``); numeric columns only."""
-    if not path.exists():
-        raise DinoevalError(f"pretrain log {path} not found; pass the CSV that pretrain wrote")
+    """Read one pretraining log (CSV, or JSON lines for ``.jsonl``); numeric columns only."""
     try:
         json_lines = path.suffix in (".jsonl", ".json")
         log = pd.read_json(path, lines=True) if json_lines else pd.read_csv(path)
@@ -525,24 +542,37 @@ def read_pretrain_log(path: Path) -> pd.DataFrame:
     return log.apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
 
 
+def _x_column(log: pd.DataFrame) -> str | None:
+    lower = {c.lower(): c for c in log.columns}
+    return next((lower[c] for c in _X_CANDIDATES if c in lower), None)
+
+
 def _pretrain_section(path: Path) -> str:
-    log = read_pretrain_log(path)
+    logs = [(f, read_pretrain_log(f)) for f in pretrain_log_files(path)]
+    desc = " · ".join(f"{html.escape(f.name)}: {len(log)} rows ({html.escape(', '.join(log.columns))})"
+                      for f, log in logs)
     head = (f"<section id=pretrain><h2>Pretraining</h2><p class=muted>{html.escape(str(path))}"
-            f" · {len(log)} rows · columns: {html.escape(', '.join(log.columns))}</p>")
-    if log.empty:
-        return head + "<p>The log has no numeric rows.</p></section>"
-    lower = {c: c.lower() for c in log.columns}
-    xcol = next((c for cand in _X_CANDIDATES for c in log.columns if lower[c] == cand), None)
-    x = log[xcol].to_numpy(dtype=float) if xcol else np.arange(len(log), dtype=float)
-    used = {xcol}
+            f"</p><p class=muted>{desc}</p>")
     plots = []
     for title, pattern in _CURVES:
-        cols = [c for c in log.columns if c not in used and pattern.search(lower[c])]
-        if not cols:
+        xs: dict[str, np.ndarray] = {}
+        ys: dict[str, np.ndarray] = {}
+        xlabels = []
+        for f, log in logs:
+            xcol = _x_column(log)
+            for c in log.columns:
+                name = c.lower()
+                if c == xcol or not pattern.search(name) or _NOT_CURVES.search(name):
+                    continue
+                key = c if c not in ys else f"{c} ({f.stem})"
+                xs[key] = (log[xcol].to_numpy(dtype=float) if xcol
+                           else np.arange(len(log), dtype=float))
+                ys[key] = log[c].to_numpy(dtype=float)
+                xlabels.append(xcol or "row")
+        if not ys or all(not np.isfinite(v).any() for v in ys.values()):
             plots.append(f"<p class=muted>{html.escape(title)}: no column in the log</p>")
             continue
-        used.update(cols)
-        fig = F.plot_lines({c: x for c in cols}, {c: log[c].to_numpy(dtype=float) for c in cols},
-                           xlabel=xcol or "row", ylabel=title, title=title)
+        fig = F.plot_lines(xs, ys, xlabel=" / ".join(dict.fromkeys(xlabels)), ylabel=title,
+                           title=title)
         plots.append(_img(png_data_uri(F.figure_png(fig)), title, "plot"))
     return head + f"<div class=plots>{''.join(plots)}</div></section>"

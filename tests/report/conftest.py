@@ -74,14 +74,18 @@ def results_frame() -> pd.DataFrame:
 
 @pytest.fixture
 def pretrain_log(tmp_path):
-    steps = np.arange(0, 200, 10)
-    log = pd.DataFrame({
-        "epoch": steps // 50, "step": steps, "loss": 6 - np.log1p(steps) / 3,
-        "teacher_entropy": 6.9 - steps / 100, "kl": 0.2 + steps / 1000,
-        "lr": 1e-3 * np.ones(len(steps)),
-        "knn_top1": np.where(steps % 50 == 0, 0.5 + steps / 1000, np.nan),
-        "note": ["x"] * len(steps),
-    })
-    path = tmp_path / "pretrain_log.csv"
-    log.to_csv(path, index=False)
-    return path
+    """A run folder as ``pretrain`` writes it: ``log.csv`` per step, ``epochs.csv`` per epoch."""
+    run = tmp_path / "run"
+    run.mkdir()
+    steps = np.arange(10, 210, 10)
+    pd.DataFrame({
+        "step": steps, "epoch": steps / 50, "loss": 6 - np.log1p(steps) / 3,
+        "teacher_entropy": 6.9 - steps / 100, "kl": 0.2 + steps / 1000, "center_norm": 1.0,
+        "lr": 1e-3, "images_per_s": 20.0, "note": "x",
+    }).to_csv(run / "log.csv", index=False)
+    pd.DataFrame({
+        "epoch": [0, 1, 2, 3, 4], "step": [0, 50, 100, 150, 200],
+        "loss": [np.nan, 5.5, 5.2, 5.0, 4.9], "knn_top1": [0.48, 0.52, 0.55, 0.57, 0.6],
+        "knn_top5": [0.9, 0.91, 0.92, 0.93, 0.94], "knn_k": 20,
+    }).to_csv(run / "epochs.csv", index=False)
+    return run

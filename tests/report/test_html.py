@@ -77,14 +77,24 @@ def test_results_report_takes_the_latest_repeated_value(tmp_path, results_frame)
     assert "0.1235" in lin
 
 
+def test_results_report_takes_a_log_csv_with_its_epochs_csv_sibling(tmp_path, results_frame,
+                                                                     pretrain_log):
+    text = write_results_report(results_frame, tmp_path / "r.html",
+                                pretrain_log=pretrain_log / "log.csv").read_text()
+    pre = text[text.index("id=pretrain"):]
+    assert len(_srcs(pre)) == 4 and "epochs.csv: 5 rows" in pre
+
+
 def test_results_report_reads_a_sparse_pretrain_log_defensively(tmp_path, results_frame):
-    log = tmp_path / "log.csv"
+    log = tmp_path / "other.csv"
     log.write_text("iteration,train_loss,extra\n0,5.5,a\n1,5.0,b\n")
     text = write_results_report(results_frame, tmp_path / "r.html", pretrain_log=log).read_text()
     pre = text[text.index("id=pretrain"):]
     assert len(_srcs(pre)) == 1 and pre.count("no column in the log") == 3
     with pytest.raises(DinoevalError, match="not found"):
         write_results_report(results_frame, tmp_path / "r.html", pretrain_log=tmp_path / "x.csv")
+    with pytest.raises(DinoevalError, match=r"has no log\.csv"):
+        write_results_report(results_frame, tmp_path / "r.html", pretrain_log=tmp_path)
 
 
 def test_results_report_handles_empty_and_rejects_foreign_tables(tmp_path, results_frame):
