@@ -1,0 +1,20 @@
+"""DINO self-distillation pretraining that writes checkpoints dinoeval reads.
+
+Build blocks: :mod:`pretrain.augment` (batched multi-crop), :mod:`pretrain.loss` (DINO loss with
+centering and sharpening), :mod:`pretrain.schedules`, :mod:`pretrain.loop` (``build_*``,
+``train_step``, ``train_loop``), :mod:`pretrain.checkpoint` (atomic save, resume),
+:mod:`pretrain.monitor` (CSV logs, online k-NN).
+"""
+
+from pretrain.augment import MultiCrop
+from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.config import PretrainConfig
+from pretrain.loop import RunResult, build_models, resume_config, train_loop, train_step
+from pretrain.loss import DINOLoss, LossStats
+from pretrain.schedules import Schedules, cosine_schedule, teacher_temperature
+
+__all__ = [
+    "DINOLoss", "LossStats", "MultiCrop", "PretrainConfig", "RunResult", "Schedules",
+    "build_models", "cosine_schedule", "load_checkpoint", "resume_config", "save_checkpoint",
+    "teacher_temperature", "train_loop", "train_step",
+]

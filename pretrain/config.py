@@ -1,0 +1,162 @@
+"""The one configuration object of a pretraining run; its defaults are the DINO paper's.
+
+Every default lives here and nowhere else. The command line maps options onto these fields, and the
+resolved config (``img_size`` and the arch fields filled in) is saved in every checkpoint as a dict
+of plain Python values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dinoeval.errors import DinoevalError
+from dinoeval.models.vit import HEADS_BY_WIDTH, parse_arch_name
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """A DINO pretraining run (paper defaults, see DESIGN.md).
+
+    Attributes are grouped: data, model, multi-crop, loss, optimisation, run control.
+    ``batch_size`` is the global batch (split evenly over the ranks); the learning rate is
+    ``lr * batch_size / 256``. Epoch-valued schedules (warm-ups, frozen last layer) count epochs
+    of ``epoch_images`` images (the whole source when ``None``).
+    """
+
+    # --- data
+    data: str = "fashion-mnist:train"
+    epoch_images: int | None = None
+    knn_every: int = 1  # epochs; 0 disables the online k-NN
+    knn_train_size: int = 2000
+    knn_test_size: int = 1000
+    knn_k: int = 20
+    # --- model
+    arch: str = "vit_small"
+    patch_size: int = 16
+    img_size: int | None = None  # global crop side; None: the source's native size, else 224
+    embed_dim: int | None = None  # None: from ``arch``
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path: float = 0.1
+    out_dim: int = 65536
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    head_nlayers: int = 3
+    norm_last_layer: bool = True
+    # --- multi-crop augmentation
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    local_size: int | None = None  # None: 96/224 of the global size, rounded to the patch size
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    color_jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # at 224 px; scaled with the crop size
+    solarize_p: float = 0.2
+    # --- loss
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: int = 30
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    centering: bool = True
+    sharpening: bool = True
+    # --- optimisation
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    clip_grad: float = 3.0
+    freeze_last_layer: int = 1
+    amp: str = "none"  # "none" or "bf16"
+    # --- run control
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    num_workers: int = 0  # decoding workers for sources not held in memory
+    num_threads: int = 0  # torch intra-op threads (0: torch's default)
+    log_every: int = 10
+    save_every_minutes: float = 10.0
+    save_every_steps: int = 0  # extra mid-epoch checkpoints (0: off); used by the tests
+    time_budget_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise DinoevalError(f"batch_size must be at least 2, got {self.batch_size}")
+        if self.amp not in ("none", "bf16"):
+            raise DinoevalError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.local_crops_number < 0:
+            raise DinoevalError("local_crops_number must be >= 0")
+        if self.epochs < 1:
+            raise DinoevalError(f"epochs must be >= 1, got {self.epochs}")
+
+    def resolved(self, native_size: tuple[int, int] | None) -> PretrainConfig:
+        """Fill ``img_size``, ``local_size`` and the arch fields (idempotent)."""
+        kw = parse_arch_name(self.arch)
+        img = self.img_size or (min(native_size) if native_size else 224)
+        p = self.patch_size
+        local = self.local_size or max(p, round(img * 96 / 224 / p) * p)
+        width = self.embed_dim or kw["embed_dim"]
+        # dinoeval infers heads from the width with this rule when a file carries no config
+        heads = self.num_heads or (kw["num_heads"] if width == kw["embed_dim"]
+                                   else HEADS_BY_WIDTH.get(width, max(1, width // 64)))
+        if width % heads:
+            raise DinoevalError(f"width {width} is not divisible by {heads} heads; "
+                                "set --num-heads")
+        return dataclasses.replace(self, img_size=img, local_size=local, embed_dim=width,
+                                   depth=self.depth or kw["depth"], num_heads=heads)
+
+    @property
+    def lr_scaled(self) -> float:
+        """Peak learning rate after the linear scaling rule."""
+        return self.lr * self.batch_size / 256.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values only (tuples become lists) so ``weights_only`` loading works."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise so old runs fail loudly."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise DinoevalError(f"checkpoint config has unknown fields {unknown}; "
+                                "it was written by another version of pretrain")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+
+# Named starting points; explicit options override them. Each was measured (results/).
+RECIPES: dict[str, dict[str, Any]] = {
+    # A short CPU run on Fashion-MNIST (28 px): small ViT, small head, few crops, fast teacher.
+    "fmnist-cpu": dict(
+        data="fashion-mnist:train", arch="vit_tiny", patch_size=4, embed_dim=128, depth=3,
+        num_heads=2, drop_path=0.0, out_dim=1024, head_hidden_dim=512, head_bottleneck_dim=128,
+        local_crops_number=4, local_size=12, local_crops_scale=(0.1, 0.4),
+        warmup_teacher_temp=0.04, teacher_temp=0.06, warmup_teacher_temp_epochs=6,
+        epochs=20, epoch_images=3200, batch_size=64, lr=2e-3, min_lr=1e-5, warmup_epochs=2,
+        weight_decay=0.04, weight_decay_end=0.1, momentum_teacher=0.99,
+        knn_every=2, knn_train_size=2000, knn_test_size=1000, time_budget_minutes=30.0,
+        num_threads=1,
+    ),
+}
+
+
+def recipe_config(name: str | None, **overrides: Any) -> PretrainConfig:
+    """``PretrainConfig`` from a named recipe (or the paper defaults) plus ``overrides``."""
+    base: dict[str, Any] = {}
+    if name:
+        if name not in RECIPES:
+            raise DinoevalError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        base = dict(RECIPES[name])
+    return PretrainConfig(**{**base, **overrides})

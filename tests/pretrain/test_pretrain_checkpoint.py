@@ -1,0 +1,87 @@
+"""Checkpoints: official layout, weights_only, atomic writes, and dinoeval's loader reads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinoeval.errors import DinoevalError
+from dinoeval.models import load_backbone
+from pretrain.checkpoint import atomic_write, load_checkpoint
+from pretrain.loop import build_models, train_loop
+
+
+def _run(tmp_path: Path, tiny_config, **kw) -> Path:
+    out = tmp_path / "run"
+    train_loop(tiny_config(epochs=1, **kw), out)
+    return out
+
+
+def test_checkpoint_has_the_official_layout_and_loads_weights_only(tmp_path, tiny_config):
+    out = _run(tmp_path, tiny_config)
+    ckpt = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    for key in ("student", "teacher", "optimizer", "epoch", "dino_loss", "config", "step", "rng"):
+        assert key in ckpt
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 4
+    for net in ("student", "teacher"):
+        keys = ckpt[net].keys()
+        assert all(k.startswith(("backbone.", "head.")) for k in keys)
+        assert "backbone.cls_token" in keys and "backbone.blocks.0.attn.qkv.weight" in keys
+        assert "head.last_layer.weight_g" in keys and "head.mlp.0.weight" in keys
+    assert ckpt["dino_loss"]["center"].shape == (1, 64)
+    cfg = ckpt["config"]
+    assert (cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["patch_size"],
+            cfg["img_size"]) == (32, 2, 2, 4, 8)
+    assert ckpt["rng"]["cpu"].dtype == torch.uint8 and ckpt["rng"]["cpu"].shape[0] == 1
+    assert (out / "backbone.safetensors").exists()
+
+
+@pytest.mark.parametrize("key", ["teacher", "student"])
+def test_dinoeval_loader_reads_the_checkpoint_with_identical_outputs(tmp_path, tiny_config, key):
+    out = _run(tmp_path, tiny_config)
+    ckpt = load_checkpoint(out)
+    ours, _ = build_models(tiny_config().resolved((8, 8)))
+    net = ours  # the same architecture, with the saved weights of ``key``
+    net.load_state_dict(ckpt[key])
+    net.eval()
+    bb = load_backbone(str(out / "checkpoint.pth"), checkpoint_key=key)
+    assert bb.arch is not None and bb.arch.embed_dim == 32 and bb.arch.num_heads == 2
+    assert bb.arch.patch_size == 4 and bb.arch.img_size == (8, 8)
+    assert bb.head is not None and bb.center is not None
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(bb.model(x), net.backbone(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bb.head(bb.model(x)), net(x), rtol=1e-5, atol=1e-5)
+    if key == "teacher":  # the directory and the backbone-only export resolve to the teacher
+        for spec in (str(out), str(out / "backbone.safetensors")):
+            other = load_backbone(spec, num_heads=2)
+            with torch.no_grad():
+                torch.testing.assert_close(other.model(x), net.backbone(x), rtol=1e-5, atol=1e-5)
+
+
+def test_atomic_write_never_leaves_a_partial_file(tmp_path):
+    path = tmp_path / "f.pth"
+    atomic_write(path, lambda tmp: torch.save({"v": torch.ones(3)}, tmp))
+
+    def crash(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half a checkpoint")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, crash)
+    assert torch.load(path, weights_only=True)["v"].sum() == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["f.pth"]
+
+
+def test_stale_temp_files_are_ignored_and_non_runs_rejected(tmp_path, tiny_config):
+    out = _run(tmp_path, tiny_config)
+    (out / ".checkpoint.pth.abc.tmp").write_bytes(b"garbage")
+    assert load_checkpoint(out)["epoch"] == 1
+    assert not (out / ".checkpoint.pth.abc.tmp").exists()
+    torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pth")
+    with pytest.raises(DinoevalError, match="not a pretrain checkpoint"):
+        load_checkpoint(tmp_path / "plain.pth")
+    with pytest.raises(DinoevalError, match="already holds a run"):
+        train_loop(tiny_config(epochs=1), out)
