@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "dinoeval.cli.attention",
     "dinoeval.cli.demo",
     "dinoeval.cli.knn",
+    "dinoeval.cli.pretrain",
     "dinoeval.cli.report",
 ]
 
