@@ -20,10 +20,16 @@ def report(
     metric: Annotated[list[str] | None, typer.Option(help="Keep only these metrics.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write the table here instead of the terminal.")] = None,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write a self-contained HTML page: pivot tables and plots of the rows.")] = None,
+    pretrain_log: Annotated[Path | None, typer.Option(
+        help="A pretrain run folder or log.csv: adds loss/entropy/KL/k-NN curves to --html.")]
+        = None,
 ) -> None:
     """Pivot stored rows into one table: a row per backbone, a column per metric.
 
-    Example: dinoeval report results.csv --format latex --eval knn -o table.tex
+    Examples: dinoeval report results.csv --format latex --eval knn -o table.tex;
+    dinoeval report results.csv --html reports/summary.html --pretrain-log runs/fm
     """
     from dinoeval.errors import DinoevalError
     from dinoeval.results import concat, pivot, read_results, render
@@ -38,6 +44,13 @@ def report(
             df = df[df["metric"].isin(metric)]
         if df.empty:
             raise DinoevalError("no rows left to report (check --eval/--metric and the files)")
+        if html is not None:
+            from dinoeval.report.html import write_results_report
+
+            if pretrain_log is not None and not pretrain_log.exists():
+                raise DinoevalError(f"pretrain log {pretrain_log} not found; pass a run folder "
+                                    "or its log.csv")
+            console.print(f"[green]wrote[/] {write_results_report(df, html, pretrain_log=pretrain_log)}")
         text = render(pivot(df), format)
         if output is None:
             out_console.print(text, markup=False, highlight=False, soft_wrap=True)

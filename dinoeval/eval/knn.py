@@ -101,10 +101,10 @@ def weighted_vote(neighbor_sims: np.ndarray, neighbor_labels: np.ndarray, num_cl
     """
     m, k = neighbor_sims.shape
     w = np.exp(neighbor_sims.astype(np.float64) / temperature)
-    votes = np.zeros((m, num_classes), dtype=np.float64)
-    rows = np.repeat(np.arange(m), k)
-    np.add.at(votes, (rows, neighbor_labels.reshape(-1)), w.reshape(-1))
-    return votes
+    # One flat bincount over (row, class) cells: much faster than np.add.at.
+    cell = (np.arange(m, dtype=np.int64)[:, None] * num_classes + neighbor_labels).reshape(-1)
+    votes = np.bincount(cell, weights=w.reshape(-1), minlength=m * num_classes)
+    return votes.reshape(m, num_classes)
 
 
 def rank_predictions(votes: np.ndarray, top: int = 5) -> np.ndarray:

@@ -82,3 +82,14 @@ def test_extract_then_report(tmp_path, ckpt):
 def test_help_is_available():
     r = runner.invoke(app, ["knn", "--help"])
     assert r.exit_code == 0 and "--ckpt" in r.output and "--train" in r.output
+
+
+def test_report_html_is_self_contained(tmp_path):
+    out = tmp_path / "res.csv"
+    runner.invoke(app, ["knn", "--ckpt", "pixels", "--train", "digits:train", "--val",
+                        "digits:test[:30]", "--k", "5", "--out", str(out)])
+    page = tmp_path / "summary.html"
+    r = runner.invoke(app, ["report", str(out), "--html", str(page)])
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    assert "<html" in text.lower() and "http://" not in text and "https://" not in text
