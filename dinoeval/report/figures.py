@@ -260,22 +260,27 @@ def plot_lines(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray], *, xlab
 
 
 def plot_bars(categories: Sequence[str], values: Mapping[str, Sequence[float]], *,
-              ylabel: str = "", title: str = "", ax: Any = None) -> Any:
-    """Grouped bars: one group per category, one bar per key of ``values``."""
+              xlabel: str = "", title: str = "", ax: Any = None) -> Any:
+    """Horizontal grouped bars (long names stay readable): one group per category, one bar per
+    key of ``values``; the value is written at the end of each bar."""
     n, k = len(categories), len(values)
-    fig, ax = _new_ax(ax, (max(4.5, 1.5 + 0.45 * n * max(1, k)), 3.2))
-    width = 0.8 / max(1, k)
-    xs = np.arange(n)
+    fig, ax = _new_ax(ax, (4.6 + (1.0 if k > 1 else 0.0), 0.9 + 0.3 * n * max(1, k) ** 0.7))
+    height = 0.8 / max(1, k)
+    ys = np.arange(n)
     for i, (key, vals) in enumerate(values.items()):
-        ax.bar(xs + (i - (k - 1) / 2) * width, np.asarray(vals, dtype=float), width, label=key)
-    ax.set_xticks(xs, list(categories), rotation=20 if n > 4 else 0, ha="right" if n > 4 else
-                  "center", fontsize=8)
-    ax.set_ylabel(ylabel)
+        v = np.asarray(vals, dtype=float)
+        bars = ax.barh(ys + (i - (k - 1) / 2) * height, v, height, label=key)
+        ax.bar_label(bars, labels=[f"{x:.3g}" if np.isfinite(x) else "" for x in v],
+                     fontsize=7, padding=2)
+    ax.set_yticks(ys, [c if len(c) <= 40 else "…" + c[-39:] for c in categories], fontsize=8)
+    ax.invert_yaxis()
+    ax.margins(x=0.15)
+    ax.set_xlabel(xlabel)
     if title:
         ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     if k > 1:
-        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

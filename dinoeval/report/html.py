@@ -47,6 +47,7 @@ table.tbl { border-collapse:collapse; font-size:12.5px; margin:6px 0 10px; }
 table.tbl th, table.tbl td { border-bottom:1px solid var(--line); padding:4px 9px;
                              text-align:right; white-space:nowrap; }
 table.tbl th { background:#f0f3f6; font-weight:600; }
+table.tbl th[colspan] { text-align:center; }
 table.tbl td.name, table.tbl th.name { text-align:left; }
 table.tbl td.best { background:var(--good); font-weight:600; }
 img.plot { max-width:100%; height:auto; display:block; margin:6px 0; }
@@ -433,7 +434,8 @@ def _table_html(table: pd.DataFrame, *, highlight_max: bool = False) -> str:
             is_best = best is not None and num and np.isfinite(v) and v == best.get(c)
             text = (f"{v:.4g}" if num and np.isfinite(v) else "–" if num
                     else html.escape(str(v)))
-            cells.append(f"<td{' class=best' if is_best else ''}>{text}</td>")
+            cls = " class=best" if is_best else "" if num else " class=name"
+            cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table class=tbl>{''.join(head)}{''.join(body)}</table>"
 
@@ -498,7 +500,7 @@ def _eval_plots(name: str, sub: pd.DataFrame) -> list[str]:
         values = {p or metric: [float(m[(m["_series"] == c) & (m["param"] == p)]["value"]
                                       .iloc[-1]) if ((m["_series"] == c) & (m["param"] == p)).any()
                                 else np.nan for c in cats] for p in params[:12]}
-        fig = F.plot_bars(cats, values, ylabel=metric, title=f"{name}: {metric}")
+        fig = F.plot_bars(cats, values, xlabel=metric, title=f"{name}: {metric}")
         out.append(_img(png_data_uri(F.figure_png(fig)), f"{name} {metric}", "plot"))
     return out
 
