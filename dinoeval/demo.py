@@ -49,8 +49,9 @@ class DemoData:
     train: str
     test: str
     checkpoint: str  # file name under ASSETS
-    recipe: dict[str, Any]  # PretrainConfig fields for --pretrain (data filled in)
+    recipe: dict[str, Any] | str  # PretrainConfig fields, or a name in pretrain.config.RECIPES
     title: str
+    baselines: tuple[tuple[str, str, str], ...] = ()  # (what, value, where) published numbers
 
 
 SHAPES_TRAIN = "shapes:train@n=5000,size=64,classes=6,seed=0"
@@ -59,20 +60,27 @@ SHAPES_TEST = "shapes:test@n=1000,size=64,classes=6,seed=0"
 DATASETS: dict[str, DemoData] = {
     "shapes": DemoData(
         name="shapes", train=SHAPES_TRAIN, test=SHAPES_TEST,
-        checkpoint="shapes_vit_d192x4_p8.pth",
-        recipe=dict(arch="vit_tiny", patch_size=8, depth=4, img_size=64, out_dim=1024,
-                    head_hidden_dim=512, head_bottleneck_dim=128, local_crops_number=4,
-                    batch_size=128, lr=5e-4, warmup_epochs=1, momentum_teacher=0.99,
-                    warmup_teacher_temp_epochs=1, drop_path=0.0, seed=0),
+        checkpoint="shapes_vit_d128x4_p8.pth",
+        recipe=dict(arch="vit_tiny", patch_size=8, img_size=64, embed_dim=128, depth=4,
+                    num_heads=2, drop_path=0.0, out_dim=1024, head_hidden_dim=512,
+                    head_bottleneck_dim=128, local_crops_number=4, local_crops_scale=(0.1, 0.4),
+                    warmup_teacher_temp=0.04, teacher_temp=0.04, batch_size=64, lr=1e-3,
+                    min_lr=1e-5, warmup_epochs=1, momentum_teacher=0.99, epochs=16,
+                    knn_train_size=2000, knn_test_size=1000, num_threads=1, seed=0),
         title="procedural shapes (6 classes, 64 px, masks)"),
     "fashion-mnist": DemoData(
         name="fashion-mnist", train="fashion-mnist:train", test="fashion-mnist:test",
-        checkpoint="fmnist_vit_d192x4_p4.pth",
-        recipe=dict(arch="vit_tiny", patch_size=4, depth=4, img_size=28, out_dim=1024,
-                    head_hidden_dim=512, head_bottleneck_dim=128, local_crops_number=4,
-                    batch_size=128, lr=5e-4, warmup_epochs=1, momentum_teacher=0.99,
-                    warmup_teacher_temp_epochs=1, drop_path=0.0, seed=0),
-        title="Fashion-MNIST (10 classes, 28 px)"),
+        checkpoint="fmnist_vit_d128x3_p4.pth",
+        recipe="fmnist-cpu",
+        title="Fashion-MNIST (10 classes, 28 px)",
+        baselines=(
+            ("raw pixels, k-NN (k=5, distance-weighted, scikit-learn), Zalando's benchmark",
+             "about 85-86%", "github.com/zalandoresearch/fashion-mnist#benchmark"),
+            ("raw pixels, k-NN (k=5, distance-weighted), measured on this machine",
+             "85.8%", "DESIGN.md"),
+            ("raw pixels, weighted-cosine k-NN (k=20, T=0.07), measured on this machine",
+             "84.6%", "DESIGN.md"),
+        )),
 }
 
 # Targets of issue 6, checked on every run and printed under the table.
@@ -122,19 +130,21 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """One target of issue 6: ``value >= threshold``."""
+    """One target of issue 6: ``value >= threshold`` (``>`` when ``strict``)."""
 
     name: str
     value: float
     threshold: float
+    strict: bool = False  # value > threshold
 
     @property
     def passed(self) -> bool:
-        return bool(self.value >= self.threshold)
+        return bool(self.value > self.threshold if self.strict else self.value >= self.threshold)
 
     def text(self) -> str:
         mark = "PASS" if self.passed else "MISS"
-        return f"{mark}  {self.name}: {self.value:.4f} (target >= {self.threshold:.4f})"
+        op = ">" if self.strict else ">="
+        return f"{mark}  {self.name}: {self.value:.4f} (target {op} {self.threshold:.4f})"
 
 
 @dataclass
@@ -168,6 +178,37 @@ def shipped_checkpoint(data: str) -> Path:
     return path
 
 
+def compact_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True) -> Path:
+    """Write the parts of a DINO training checkpoint that evaluation needs, compactly.
+
+    Keeps the teacher (backbone and head), the loss center, the config and the epoch/step, in the
+    official layout (``{"teacher": ..., "dino_loss": {"center": ...}, ...}``) so every reader
+    still recognises it; drops the student and optimiser. ``half`` stores float tensors as
+    float16 (the loader casts them back to float32): about 2 bytes per parameter.
+    """
+    import torch
+
+    from dinoeval.models.checkpoints import load_file
+
+    obj = load_file(Path(src))
+    if not isinstance(obj, dict) or "teacher" not in obj:
+        raise DinoevalError(f"{src} is not a DINO training checkpoint (no 'teacher' entry)")
+
+    def small(t: torch.Tensor) -> torch.Tensor:
+        return t.half() if half and t.is_floating_point() else t
+
+    out: dict[str, Any] = {"teacher": {k: small(v) for k, v in obj["teacher"].items()}}
+    if isinstance(obj.get("dino_loss"), dict) and "center" in obj["dino_loss"]:
+        out["dino_loss"] = {"center": obj["dino_loss"]["center"].float()}
+    for key in ("config", "epoch"):
+        if key in obj:
+            out[key] = obj[key]
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, dst)
+    return dst
+
+
 # ---------------------------------------------------------------------------------- pretrain
 
 
@@ -177,10 +218,15 @@ def pretrain_checkpoint(config: DemoConfig, out_dir: Path, *,
     from pretrain import PretrainConfig, train_loop
 
     ds = config.dataset()
-    recipe = {**ds.recipe, "seed": config.seed}
-    pcfg = PretrainConfig(data=config.train or ds.train, device=config.device,
-                          time_budget_minutes=config.pretrain_minutes,
-                          **recipe)
+    if isinstance(ds.recipe, str):
+        from pretrain.config import RECIPES
+
+        base = dict(RECIPES[ds.recipe])
+    else:
+        base = dict(ds.recipe)
+    base.update(data=config.train or ds.train, device=config.device, seed=config.seed,
+                time_budget_minutes=config.pretrain_minutes, num_threads=0)  # all cores
+    pcfg = PretrainConfig(**base)
     run_dir = out_dir / "pretrain"
     if (run_dir / "checkpoint.pth").exists():
         raise DinoevalError(f"{run_dir} already holds a pretraining run; delete it or pass "
@@ -314,11 +360,25 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
     frame = concat(frames)
     roles = {spec: role for role, spec in specs}
     summary = summarize(frame, roles, k=config.knn_k)
-    targets = check_targets(summary)
+    targets = check_targets(summary, config.data)
     files = write_outputs(out, frame, summary, targets, attention_runs, test_src, config, ds,
                           ckpt)
+    seconds = time.perf_counter() - t_start
+    files["results.md"] = out / "results.md"
+    files["results.md"].write_text(summary_markdown(
+        summary, targets, ds=ds, ckpt=_display_path(ckpt), train=train_src.spec,
+        test=test_src.spec, seconds=seconds, peak_rss_mb=peak_rss_mb()))
     return DemoResult(frame=frame, summary=summary, targets=targets, files=files, notes=notes,
-                      seconds=time.perf_counter() - t_start)
+                      seconds=seconds)
+
+
+def _display_path(path: str) -> str:
+    """A checkpoint path relative to the package when it is a shipped one."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ASSETS.parent.parent.parent))
+    except ValueError:
+        return path
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -352,17 +412,22 @@ def summarize(frame: pd.DataFrame, roles: dict[str, str], *, k: int = 20) -> pd.
     return summary.dropna(axis=1, how="all")
 
 
-def check_targets(summary: pd.DataFrame) -> list[TargetCheck]:
-    """The issue's targets: DINO k-NN >= random + 15 points and >= pixels + 10 points; DINO
-    mean-of-heads Jaccard >= random + 0.15 (where attention was scored)."""
+def check_targets(summary: pd.DataFrame, data: str = "shapes") -> list[TargetCheck]:
+    """The issue's targets. On ``shapes``: DINO k-NN >= random + 15 points and >= pixels + 10
+    points, DINO mean-of-heads Jaccard >= random + 0.15 (where attention was scored). On
+    ``fashion-mnist``: DINO k-NN above pixel k-NN measured in the same run."""
     by = summary.set_index("backbone")
     out: list[TargetCheck] = []
-    if "k-NN top-1" in by and {"DINO", "random init", "pixels"} <= set(by.index):
-        knn = by["k-NN top-1"]
-        out.append(TargetCheck("DINO k-NN top-1 vs random init + 0.15", float(knn["DINO"]),
-                               float(knn["random init"]) + TARGET_KNN_OVER_RANDOM))
-        out.append(TargetCheck("DINO k-NN top-1 vs pixels + 0.10", float(knn["DINO"]),
-                               float(knn["pixels"]) + TARGET_KNN_OVER_PIXELS))
+    knn = by.get("k-NN top-1")
+    if knn is not None and {"DINO", "random init", "pixels"} <= set(by.index):
+        if data == "fashion-mnist":
+            out.append(TargetCheck("DINO k-NN top-1 above pixels", float(knn["DINO"]),
+                                   float(knn["pixels"]), strict=True))
+        else:
+            out.append(TargetCheck("DINO k-NN top-1 vs random init + 0.15", float(knn["DINO"]),
+                                   float(knn["random init"]) + TARGET_KNN_OVER_RANDOM))
+            out.append(TargetCheck("DINO k-NN top-1 vs pixels + 0.10", float(knn["DINO"]),
+                                   float(knn["pixels"]) + TARGET_KNN_OVER_PIXELS))
     col = "attn Jaccard (mean of heads)"
     if col in by and {"DINO", "random init"} <= set(by.index):
         jac = by[col]
@@ -376,23 +441,43 @@ def check_targets(summary: pd.DataFrame) -> list[TargetCheck]:
 # ---------------------------------------------------------------------------------- outputs
 
 
-def summary_markdown(summary: pd.DataFrame, targets: list[TargetCheck], *, title: str,
-                     ckpt: str, seconds: float | None = None) -> str:
-    """The summary table and the target checks as a markdown page."""
-    lines = [f"# dinoeval demo: {title}", "", f"Checkpoint: `{ckpt}`", "",
-             summary.to_markdown(index=False, floatfmt=".4f"), ""]
+def summary_markdown(summary: pd.DataFrame, targets: list[TargetCheck], *, ds: DemoData,
+                     ckpt: str, train: str, test: str, seconds: float | None = None,
+                     peak_rss_mb: float | None = None) -> str:
+    """The summary table, the target checks and published baselines as a markdown page."""
+    lines = [f"# dinoeval demo: {ds.title}", "",
+             f"Checkpoint `{ckpt}`; train `{train}`, test `{test}`. k-NN: weighted vote, "
+             "k=20, T=0.07, CLS features; linear: grid probe selected on a held-out 10% of train.",
+             "", summary.to_markdown(index=False, floatfmt=".4f"), ""]
     if targets:
         lines += ["## Targets (issue 6)", ""] + [f"- {t.text()}" for t in targets] + [""]
+    if ds.baselines:
+        lines += ["## Published baselines", "", "| baseline | top-1 | source |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in ds.baselines] + [""]
+    run = []
     if seconds is not None:
-        lines.append(f"Wall time: {seconds:.0f} s")
+        run.append(f"wall time {seconds:.0f} s")
+    if peak_rss_mb is not None:
+        run.append(f"peak memory (max RSS) {peak_rss_mb:,.0f} MB")
+    if run:
+        lines.append("Run: " + ", ".join(run) + ".")
     return "\n".join(lines) + "\n"
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
                   targets: list[TargetCheck], attention_runs: list[tuple[str, Any]],
                   test_src: ImageSource, config: DemoConfig, ds: DemoData,
                   ckpt: str) -> dict[str, Path]:
-    """Write ``results.csv`` (replaced, not appended), ``summary.csv``, ``results.md``,
+    """Write ``results.csv`` (replaced, not appended), ``summary.csv``, ``config.json``,
     ``report.html`` and ``attention/index.html``."""
     import json
 
@@ -401,8 +486,6 @@ def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
     frame.to_csv(files["results.csv"], index=False)
     files["summary.csv"] = out / "summary.csv"
     summary.to_csv(files["summary.csv"], index=False)
-    files["results.md"] = out / "results.md"
-    files["results.md"].write_text(summary_markdown(summary, targets, title=ds.title, ckpt=ckpt))
     files["config.json"] = out / "config.json"
     files["config.json"].write_text(json.dumps(
         {"demo": dataclasses.asdict(config), "ckpt": ckpt,
