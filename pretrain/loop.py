@@ -499,11 +499,19 @@ def train_loop(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False
 
     The caller's global RNG state is left untouched.
     """
-    out = Path(out_dir)
-    env = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, env)
+    threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    try:
+        return _train(cfg, Path(out_dir), resume, on_event, should_stop)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: PretrainConfig, out: Path, resume: bool, on_event: EventFn | None,
+           should_stop: Callable[[], bool] | None) -> RunResult:
+    env = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, env)
     source = get_source(cfg.data)
     cfg = cfg.resolved(source.native_size)
     ckpt = _check_resume(cfg, out) if resume else None

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -132,3 +133,34 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path, tiny_config):
     res = train_loop(tiny_config(epochs=50, time_budget_minutes=0.0), tmp_path / "tb",
                      resume=True)
     assert res.step == 2
+
+
+def test_image_folder_source_and_bf16_autocast(tmp_path, tiny_config):
+    from PIL import Image
+
+    from pretrain.loop import train_loop
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(24):  # mixed sizes: decoded, resized and center-cropped per image
+            h, w = rng.integers(10, 20, size=2)
+            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{i}.png")
+    cfg = tiny_config(data=f"imagefolder:{tmp_path / 'imgs'}", epochs=1, epoch_images=32,
+                      batch_size=16, knn_train_size=16, knn_test_size=8, knn_k=5, amp="bf16",
+                      num_workers=1)
+    res = train_loop(cfg, tmp_path / "run")
+    assert res.step == 2 and res.knn_top1 is not None
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert np.isfinite(log["loss"]).all()
+
+
+@pytest.mark.gpu
+def test_cuda_step_with_bf16_matches_the_cpu_layout(tmp_path, tiny_config):
+    from pretrain.loop import train_loop
+
+    res = train_loop(tiny_config(device="cuda", amp="bf16", epochs=1), tmp_path / "gpu")
+    assert res.step == 4
+    ckpt = load_checkpoint(tmp_path / "gpu")
+    assert "cuda" in ckpt["rng"] and ckpt["teacher"]["backbone.cls_token"].device.type == "cpu"
