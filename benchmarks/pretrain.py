@@ -14,6 +14,8 @@ Configs:
                       and 64 on a GPU.
 
 Run: .venv/bin/python benchmarks/pretrain.py [--device cuda] [--steps 5] [--threads 2]
+     .venv/bin/python benchmarks/pretrain.py --curve runs/fm --name fmnist
+       (a run's online k-NN curve -> results/pretrain_<name>_curve.csv)
 The CPU here is shared with other jobs: the load average is recorded next to every row.
 """
 
@@ -139,14 +141,29 @@ def configs(device: torch.device) -> dict[str, tuple[PretrainConfig, tuple[int, 
             "vit_small_224": (vits, (vits.batch_size, 256, 256, 3))}
 
 
+def write_curve(run: Path, name: str) -> Path:
+    """k-NN-vs-steps of a run (its epochs.csv) with the epoch-mean loss statistics."""
+    ep = pd.read_csv(run / "epochs.csv")
+    cols = ["step", "epoch", "elapsed_s", "knn_top1", "knn_top5", "loss", "teacher_entropy", "kl",
+            "center_norm"]
+    out = RESULTS / f"pretrain_{name}_curve.csv"
+    ep[cols].to_csv(out, index=False)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--curve", type=Path, default=None, help="a run directory: write its curve")
+    ap.add_argument("--name", default="fmnist")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="one config name")
     ap.add_argument("--out", type=Path, default=RESULTS / "bench_pretrain.csv")
     args = ap.parse_args()
+    if args.curve is not None:
+        print(f"wrote {write_curve(args.curve, args.name)}")
+        return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []

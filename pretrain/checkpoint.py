@@ -12,7 +12,8 @@
     schedule              the lr / wd / momentum / teacher temperature of the next step
     world_size, elapsed_seconds, format
 
-``backbone.safetensors`` holds the teacher backbone alone. Both are written to a temporary file in
+``backbone.safetensors`` holds the teacher backbone alone (timm key names), with the arch fields
+as string metadata. Both are written to a temporary file in
 the same directory, flushed to disk and renamed over the old file, so a reader (or a run killed at
 any moment) sees either the old or the new complete file, never a partial one.
 """
@@ -72,7 +73,11 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     backbone = {k[len("backbone."):]: v.detach().contiguous().cpu()
                 for k, v in state["teacher"].items() if k.startswith("backbone.")}
-    atomic_write(out / BACKBONE_NAME, lambda tmp: save_file(backbone, tmp))
+    cfg = state.get("config", {})
+    meta = {"format": FORMAT, "network": "teacher", "epoch": str(state.get("epoch", ""))}
+    meta.update({k: str(cfg[k]) for k in ("arch", "embed_dim", "depth", "num_heads", "patch_size",
+                                          "img_size") if k in cfg})
+    atomic_write(out / BACKBONE_NAME, lambda tmp: save_file(backbone, tmp, metadata=meta))
     return path
 
 

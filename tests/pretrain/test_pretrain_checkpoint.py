@@ -85,3 +85,14 @@ def test_stale_temp_files_are_ignored_and_non_runs_rejected(tmp_path, tiny_confi
         load_checkpoint(tmp_path / "plain.pth")
     with pytest.raises(DinoevalError, match="already holds a run"):
         train_loop(tiny_config(epochs=1), out)
+
+
+def test_backbone_export_carries_the_arch_as_metadata(tmp_path, tiny_config):
+    from safetensors import safe_open
+
+    out = _run(tmp_path, tiny_config)
+    with safe_open(str(out / "backbone.safetensors"), "pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["num_heads"] == "2" and meta["embed_dim"] == "32" and meta["network"] == "teacher"
+    assert "cls_token" in keys and not any(k.startswith(("backbone.", "head.")) for k in keys)
