@@ -210,25 +210,23 @@ def build_data(cfg: PretrainConfig, source: ImageSource) -> TrainData:
     assert cfg.img_size
     arr = source.array()
     images = torch.from_numpy(np.array(arr, copy=True)) if arr is not None else None
-    n = len(source)
-    train = np.arange(n)
-    probe = None
+    data = TrainData(source, images, np.arange(len(source)), None, cfg.img_size * 8 // 7)
     labelled = np.flatnonzero(source.labels >= 0)
     if cfg.knn_every > 0 and len(np.unique(source.labels[labelled])) >= 2 and len(labelled) >= 20:
         perm = np.random.default_rng(cfg.seed).permutation(labelled)
         n_test = min(cfg.knn_test_size, len(labelled) // 5)
         test = np.sort(perm[:n_test])
         bank = np.sort(perm[n_test:n_test + cfg.knn_train_size])
-        train = np.setdiff1d(train, test)
-        data = TrainData(source, images, train, None, cfg.img_size * 8 // 7)
-        probe = KnnProbe(data.fetch(bank), source.labels[bank], data.fetch(test),
-                         source.labels[test])
-        data.probe = probe
-        return data
-    return TrainData(source, images, train, probe, cfg.img_size * 8 // 7)
+        data.train_indices = np.setdiff1d(data.train_indices, test)
+        data.probe = KnnProbe(data.fetch(bank), source.labels[bank], data.fetch(test),
+                              source.labels[test])
+    return data
 
 
-def steps_per_epoch(cfg: PretrainConfig, data: TrainData) -> int:
+def steps_per_epoch(cfg: PretrainConfig, data: TrainData, world_size: int = 1) -> int:
+    if cfg.batch_size % world_size:
+        raise DinoevalError(f"--batch-size {cfg.batch_size} (global) must be divisible by the "
+                            f"{world_size} processes")
     n = min(cfg.epoch_images or len(data.train_indices), len(data.train_indices))
     steps = n // cfg.batch_size
     if steps < 1:
@@ -479,7 +477,7 @@ def build_trainer(cfg: PretrainConfig, env: DistEnv, device: torch.device,
     if env.distributed:
         ids = [device.index] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(student, device_ids=ids)
-    sched = Schedules(steps_per_epoch(cfg, data), cfg.epochs, cfg.lr_scaled, cfg.min_lr,
+    sched = Schedules(steps_per_epoch(cfg, data, env.world_size), cfg.epochs, cfg.lr_scaled, cfg.min_lr,
                       cfg.warmup_epochs, cfg.weight_decay, cfg.weight_decay_end,
                       cfg.momentum_teacher)
     return Trainer(cfg, env, device, wrapped, student, teacher, build_loss(cfg).to(device),
