@@ -3,9 +3,10 @@
 For fixed configs, times ``train_step`` (synchronised phases) and reports images/s, the split
 between augmentation, forward+backward and the update, and peak memory (CUDA: peak allocated;
 CPU: growth of the process's peak RSS during the timed steps, an upper bound that includes
-allocator caching). Also times the same multi-crop recipe done the usual way, one PIL image at a
-time through torchvision transforms, on the same batch: the reference the batched augmentation
-replaces.
+allocator caching), and the CPU seconds per step (what a step costs with the machine to itself,
+since the 2 cores here are shared with other jobs). Also times the same multi-crop recipe done
+the usual way, one PIL image at a time through torchvision transforms, on the same batch: the
+reference the batched augmentation replaces.
 
 Configs:
   * ``fmnist-cpu``  — the Fashion-MNIST recipe (ViT d128x3/4 at 28 px, 2x28 + 4x12 crops, K=1024,
@@ -75,17 +76,19 @@ def bench_steps(cfg: PretrainConfig, images: torch.Tensor, device: torch.device,
         torch.cuda.reset_peak_memory_stats(device)
     mem0 = peak_mem_mb(device)
     rows = []
+    cpu0 = time.process_time()
     for _ in range(steps):
         _, t = train_step(tr, images, sync_timing=True)
         tr.step += 1
         rows.append(t)
+    cpu = (time.process_time() - cpu0) / steps
     aug = float(np.median([r["aug_s"] for r in rows]))
     fb = float(np.median([r["fwd_bwd_s"] for r in rows]))
     upd = float(np.median([r["update_s"] for r in rows]))
     step = aug + fb + upd
     mem = peak_mem_mb(device)
-    return {"images_per_s": len(images) / step, "step_s": step, "aug_s": aug, "fwd_bwd_s": fb,
-            "update_s": upd, "aug_fraction": aug / step,
+    return {"images_per_s": len(images) / step, "step_s": step, "cpu_s_per_step": cpu,
+            "aug_s": aug, "fwd_bwd_s": fb, "update_s": upd, "aug_fraction": aug / step,
             "peak_mem_mb": mem if device.type == "cuda" else mem - mem0 + 0.0,
             "process_peak_rss_mb": peak_mem_mb(torch.device("cpu"))}
 

@@ -564,7 +564,8 @@ class _Run:
         self.checkpoint: Path | None = None
 
     def _reset_window(self) -> None:
-        self.window = {"t": time.perf_counter(), "steps": 0, "aug": 0.0, "busy": 0.0}
+        self.window = {"t": time.perf_counter(), "cpu": time.process_time(), "steps": 0,
+                       "aug": 0.0, "busy": 0.0}
 
     @property
     def elapsed(self) -> float:
@@ -626,7 +627,10 @@ class _Run:
                **dataclasses.asdict(stats), "lr": times["lr"], "wd": times["wd"],
                "momentum": times["momentum"],
                "images_per_s": w["steps"] * cfg.batch_size / max(now - w["t"], 1e-9),
-               "aug_fraction": w["aug"] / max(w["busy"], 1e-9), "elapsed_s": self.elapsed}
+               "aug_fraction": w["aug"] / max(w["busy"], 1e-9),
+               # CPU seconds per step of this process: the wall time it would take alone
+               "cpu_s_per_step": (time.process_time() - w["cpu"]) / w["steps"],
+               "elapsed_s": self.elapsed}
         self._reset_window()
         self.steps_log.append(row)
         self.emit("step", row)

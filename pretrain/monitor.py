@@ -20,7 +20,8 @@ from pretrain.augment import eval_views
 log = logging.getLogger(__name__)
 
 STEP_COLUMNS = ("step", "epoch", "loss", "teacher_entropy", "kl", "center_norm", "lr", "wd",
-                "momentum", "teacher_temp", "images_per_s", "aug_fraction", "elapsed_s")
+                "momentum", "teacher_temp", "images_per_s", "aug_fraction", "cpu_s_per_step",
+                "elapsed_s")
 EPOCH_COLUMNS = ("epoch", "step", "loss", "teacher_entropy", "kl", "center_norm", "knn_top1",
                  "knn_top5", "knn_k", "elapsed_s")
 
