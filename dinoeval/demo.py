@@ -277,10 +277,11 @@ def _linear(b: _Backbone, cfg: DemoConfig, c: int) -> tuple[list[Row], Any]:
 
 
 def _clusters(b: _Backbone, cfg: DemoConfig, c: int) -> list[Row]:
-    from dinoeval.eval import clusters
+    from dinoeval.eval.clusters import cluster_scores
 
-    res = clusters.cluster_features(b.test.features, b.test.labels, num_clusters=c,
-                                    seed=cfg.seed)
+    # Spherical k-means: the same cosine geometry as the k-NN.
+    res = cluster_scores(b.test.features, b.test.labels, k=c, spherical=True,
+                         seeds=(cfg.seed, cfg.seed + 1, cfg.seed + 2), seed=cfg.seed)
     return res.to_rows()
 
 
@@ -341,10 +342,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
         linear_rows, probe = _linear(b, config, c)
         frames.append(_frame(linear_rows, b, test_src, t0))
         t0 = time.perf_counter()
-        try:
-            frames.append(_frame(_clusters(b, config, c), b, test_src, t0))
-        except ImportError as err:  # dinoeval.eval.clusters not installed yet
-            notes.append(f"clustering skipped: {err}")
+        frames.append(_frame(_clusters(b, config, c), b, test_src, t0))
         if b.train.dim <= MAX_STATS_DIM:
             t0 = time.perf_counter()
             frames.append(_frame(_collapse(b, probe, config, c), b, test_src, t0))
@@ -387,8 +385,8 @@ def _display_path(path: str) -> str:
 SUMMARY_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
     ("k-NN top-1", "knn", "top1", "k={k}"),
     ("linear top-1", "linear-grid", "top1", None),
-    ("k-means NMI", "clusters", "nmi", None),
-    ("k-means acc", "clusters", "accuracy", None),
+    ("k-means NMI", "kmeans-spherical", "nmi", None),
+    ("k-means acc", "kmeans-spherical", "accuracy", None),
     ("RankMe", "collapse", "rankme", None),
     ("NC1", "neural_collapse", "nc1", None),
     ("attn Jaccard (mean of heads)", "attention", "jaccard", "head=mean"),
