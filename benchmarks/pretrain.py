@@ -27,15 +27,19 @@ import dataclasses
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
+# This file is named like the package it measures: keep its folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from pretrain.config import PretrainConfig, recipe_config
-from pretrain.loop import (
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from pretrain.config import PretrainConfig, recipe_config  # noqa: E402
+from pretrain.loop import (  # noqa: E402
     DistEnv,
     TrainData,
     Trainer,
@@ -45,7 +49,7 @@ from pretrain.loop import (
     build_optimizer,
     train_step,
 )
-from pretrain.schedules import Schedules
+from pretrain.schedules import Schedules  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
