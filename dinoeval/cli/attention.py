@@ -35,7 +35,10 @@ def attention(
     images: Annotated[list[Path] | None, typer.Option(
         "--images", help="Image files of any size (no ground truth: drawn, not scored). "
         "Repeat the option or list several files after it.")] = None,
-    n: Annotated[int, typer.Option("--n", help="How many images of --data (the first N).")] = 16,
+    n: Annotated[int, typer.Option(
+        "--n", help="How many images of --data to score (the first N).")] = 16,
+    show: Annotated[int, typer.Option(
+        help="How many of them to draw in the report (the first ones).")] = 16,
     block: Annotated[int, typer.Option(help="Block index; -1 is the last.")] = -1,
     mass: Annotated[float, typer.Option(
         help="Attention mass the masks keep (DINO: 0.6).")] = 0.6,
@@ -83,8 +86,8 @@ def attention(
             raise DinoevalError(f"--fit must be crop or pad, got {fit!r}")
         if not 0 < mass <= 1:
             raise DinoevalError(f"--mass must be in (0, 1], got {mass}")
-        if n <= 0:
-            raise DinoevalError(f"--n must be positive, got {n}")
+        if n <= 0 or show < 0:
+            raise DinoevalError(f"--n must be positive and --show >= 0, got {n} and {show}")
         if batch_size <= 0:
             raise DinoevalError(f"--batch-size must be positive, got {batch_size}")
         config = AttentionConfig(block=block, mass=mass, resize=resize, fit=fit,
@@ -95,7 +98,7 @@ def attention(
         loaders = [functools.partial(bopts.load, s) for s in specs(ckpt)]
         with progress_factory() as pf:
             report = attention_report(loaders, source, indices, config, out, progress=pf,
-                                      png_figures=png)
+                                      show=show, png_figures=png)
         for run in report.runs:
             console.print(f"[dim]{run.label}: {run.prep}[/]", highlight=False)
             for note in run.notes:

@@ -334,7 +334,7 @@ class AttentionReport:
 def attention_report(backbones: Sequence[Callable[[], Backbone]], source: ImageSource,
                      indices: Sequence[int], config: AttentionConfig, out_dir: str | Path, *,
                      progress: Callable[[str, int], Callable[[int], None]] | None = None,
-                     png_figures: bool = True) -> AttentionReport:
+                     show: int | None = None, png_figures: bool = True) -> AttentionReport:
     """Run every backbone over the same images and write the HTML report and PNG figures.
 
     Args:
@@ -343,6 +343,7 @@ def attention_report(backbones: Sequence[Callable[[], Backbone]], source: ImageS
         config: attention settings.
         out_dir: report folder (``index.html``, ``figures/``).
         progress: ``factory(description, total) -> update(done)``.
+        show: draw only the first ``show`` images (all are scored); ``None``: draw all.
     """
     from dinoeval.report.html import write_attention_report
     from dinoeval.results import concat
@@ -359,9 +360,10 @@ def attention_report(backbones: Sequence[Callable[[], Backbone]], source: ImageS
         runs.append(run)
         frames.append(attention_frame(run, source))
         del bb
-    originals = [source.load(int(i)) for i in indices]
+    drawn = list(indices)[:show] if show is not None else list(indices)
+    originals = [source.load(int(i)) for i in drawn]
     html = write_attention_report(runs, originals, out_dir,
-                                  captions=image_captions(source, indices), data=source.spec,
+                                  captions=image_captions(source, drawn), data=source.spec,
                                   png_figures=png_figures)
     return AttentionReport(runs=runs, frame=concat(frames), html=html,
                            seconds=time.perf_counter() - start)

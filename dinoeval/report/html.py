@@ -129,22 +129,27 @@ def write_attention_report(runs: Sequence[AttentionRun], originals: Sequence[np.
 
     Args:
         runs: one :class:`~dinoeval.eval.attention_runner.AttentionRun` per checkpoint, all over
-            the same images in the same order.
-        originals: the images as loaded (before resizing/cropping), one per image.
-        captions: a line per image (e.g. its index and label).
+            the same images in the same order; the Jaccard summary covers all of them.
+        originals: the images as loaded (before resizing/cropping) of the first
+            ``len(originals)`` images of the runs: those are drawn.
+        captions: a line per drawn image (e.g. its index and label).
         data: where the images came from, for the header.
-        png_figures: also write one PNG per image and the Jaccard chart under ``figures/``.
+        png_figures: also write one PNG per drawn image and the Jaccard chart under ``figures/``.
 
     Returns:
         The HTML file's path.
     """
     if not runs:
         raise DinoevalError("no checkpoints to report; pass --ckpt at least once")
-    n = len(originals)
+    n = len(runs[0].masks)
+    shown = len(originals)
     for r in runs:
         if len(r.masks) != n:
-            raise DinoevalError(f"{r.label}: {len(r.masks)} images, expected {n}")
-    captions = list(captions) if captions is not None else [f"image {i}" for i in range(n)]
+            raise DinoevalError(f"{r.label}: {len(r.masks)} images, expected {n} as in "
+                                f"{runs[0].label}")
+    if shown > n:
+        raise DinoevalError(f"{shown} images to draw but the runs hold {n}")
+    captions = list(captions) if captions is not None else [f"image {i}" for i in range(shown)]
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -154,14 +159,16 @@ def write_attention_report(runs: Sequence[AttentionRun], originals: Sequence[np.
     scored = [r for r in runs if r.jaccard is not None]
     if scored:
         body.append(_jaccard_section(runs, labels, fig_dir if png_figures else None))
-    for i in range(n):
+    for i in range(shown):
         tiles = [_image_tiles(r, i) for r in runs]
         body.append(_image_section(i, captions[i], originals[i], runs, labels, tiles))
         if png_figures:
             _write_image_png(fig_dir / f"image_{i:03d}.png", originals[i], runs, labels, tiles,
                              captions[i])
     title = "DINO attention maps"
-    sub = [f"{len(runs)} checkpoint{'s' * (len(runs) > 1)} · {n} image{'s' * (n > 1)}"
+    count = (f"{n} image{'s' * (n > 1)}" if shown == n else
+             f"{n} images scored, the first {shown} drawn")
+    sub = [f"{len(runs)} checkpoint{'s' * (len(runs) > 1)} · {count}"
            f"{' · ' + html.escape(data) if data else ''} · generated {_now()}"]
     path = out_dir / "index.html"
     path.write_text(_page(title, sub, body), encoding="utf-8")

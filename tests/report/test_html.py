@@ -42,9 +42,18 @@ def test_attention_report_without_ground_truth_has_no_scores(tmp_path, originals
     assert not (tmp_path / "figures" / "image_000.png").exists()
 
 
-def test_attention_report_rejects_mismatched_runs(tmp_path, runs, originals):
-    with pytest.raises(DinoevalError, match="expected 3"):
-        write_attention_report(runs, originals[:3], tmp_path)
+def test_attention_report_draws_the_first_images_and_scores_all(tmp_path, runs, originals):
+    text = write_attention_report(runs, originals[:2], tmp_path, png_figures=False).read_text()
+    assert "4 images scored, the first 2 drawn" in text
+    assert len(_srcs(text)) == 1 + 2 * (2 + 3 * 7 * 2)
+
+
+def test_attention_report_rejects_mismatched_runs(tmp_path, runs, originals, run_factory):
+    other = run_factory("x", originals[:3], heads=6, patch=8, seed=9)
+    with pytest.raises(DinoevalError, match="expected 4"):
+        write_attention_report([*runs, other], originals[:3], tmp_path)
+    with pytest.raises(DinoevalError, match="5 images to draw"):
+        write_attention_report(runs, [*originals, originals[0]], tmp_path)
     with pytest.raises(DinoevalError, match="no checkpoints"):
         write_attention_report([], originals, tmp_path)
 
