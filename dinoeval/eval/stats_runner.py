@@ -1,0 +1,373 @@
+"""Runners for the representation statistics: linear probes, clustering, collapse-stats.
+
+Each runner resolves a backbone spec and data specs, extracts (or reads cached) features through
+:mod:`dinoeval.pipeline`, calls the pure cores of :mod:`dinoeval.eval` and returns a
+:class:`StatsRun` whose ``frame`` is a results table (:mod:`dinoeval.results`).
+
+``collapse-stats`` looks in several places (the ``feature`` column of its rows says which):
+
+* ``<kind>`` — the backbone features (``cls``, ``cls-last4``, ...);
+* ``head-bottleneck`` — the DINO head's L2-normalised bottleneck of the CLS token, when the
+  checkpoint carries the head;
+* ``head-prototypes`` — the K-way prototype output: DINO's collapse monitors (teacher entropy,
+  ``KL(teacher ‖ student)`` when the checkpoint also holds the student) and the teacher's argmax
+  prototype as a clustering of the data (NMI/ARI/accuracy against the labels, prototypes used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dinoeval.data import get_source
+from dinoeval.data._base import ImageSource
+from dinoeval.errors import DinoevalError
+from dinoeval.eval._moments import accumulate
+from dinoeval.eval.clusters import cluster_agreement, cluster_scores
+from dinoeval.eval.collapse import (
+    CollapseStats,
+    DinoHeadAccumulator,
+    alignment,
+    collapse_stats_from_moments,
+    uniformity,
+)
+from dinoeval.eval.linear import LinearProbeConfig, linear_probe
+from dinoeval.eval.neural_collapse import nc4, neural_collapse_from_moments
+from dinoeval.features import FeatureSet
+from dinoeval.models import Backbone
+from dinoeval.pipeline import (
+    BackboneOptions,
+    ExtractOptions,
+    ProgressFactory,
+    context_for,
+    get_features,
+)
+from dinoeval.results import Context, Row, concat, to_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """k-means settings (see :func:`~dinoeval.eval.clusters.cluster_scores`)."""
+
+    k: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    spherical: bool = False
+    niter: int = 50
+    silhouette_samples: int = 10000
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollapseConfig:
+    """collapse-stats settings.
+
+    Attributes:
+        head: also look at the DINO head (bottleneck and prototypes) when the checkpoint has one.
+        neural_collapse: NC1–NC4 (needs labels; NC3/NC4 use a linear probe trained on the data).
+        probe: the probe behind NC3/NC4 (its accuracy is not reported here: use ``linear``).
+        align_pairs: images seen under two random augmentations for the alignment (0: skip).
+        uniformity_samples: rows behind the uniformity (seeded sample).
+        teacher_temp, student_temp: τ_t, τ_s (default: the checkpoint's ``teacher_temp`` or 0.04;
+            0.1).
+        head_batch: rows per head forward pass.
+        seed: sampling and augmentation seed.
+    """
+
+    head: bool = True
+    neural_collapse: bool = True
+    probe: LinearProbeConfig = field(default_factory=lambda: LinearProbeConfig(epochs=5))
+    align_pairs: int = 1000
+    uniformity_samples: int = 4096
+    teacher_temp: float | None = None
+    student_temp: float = 0.1
+    head_batch: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class StatsRun:
+    """What a runner produced for one backbone."""
+
+    frame: pd.DataFrame
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _source(spec: str | ImageSource) -> ImageSource:
+    return get_source(spec) if isinstance(spec, str) else spec
+
+
+def _notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[str]:
+    notes = list(backbone.notes)
+    for fs, src in pairs:
+        if fs.meta.get("skipped"):
+            notes.append(f"skipped {fs.meta['skipped']} unreadable images of {src.spec}")
+    return notes
+
+
+def _labelled(fs: FeatureSet, what: str) -> np.ndarray:
+    if (fs.labels < 0).any():
+        raise DinoevalError(f"{what} needs labels; {int((fs.labels < 0).sum())} images of the "
+                            "data have none (use a labelled source)")
+    return fs.labels
+
+
+def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
+               backbone_opts: BackboneOptions = BackboneOptions(),
+               extract_opts: ExtractOptions = ExtractOptions(),
+               config: LinearProbeConfig = LinearProbeConfig(),
+               progress: ProgressFactory | None = None) -> StatsRun:
+    """Linear probe of one backbone: selected on a held-out split of ``train``, tested on ``val``."""
+    t0 = time.perf_counter()
+    train_src, val_src = _source(train), _source(val)
+    backbone = backbone_opts.load(ckpt)
+    ftr = get_features(backbone, train_src, extract_opts, progress)
+    fte = get_features(backbone, val_src, extract_opts, progress)
+    on_epoch = None
+    if progress is not None and config.mode == "grid":
+        on_epoch = progress(f"linear heads ({len(config.learning_rates)} lr x "
+                            f"{len(config.weight_decays)} wd)", config.epochs * (2 if config.refit
+                                                                                 else 1))
+        done = [0]
+
+        def _tick(_: int) -> None:
+            done[0] += 1
+            on_epoch_cb(done[0])
+
+        on_epoch_cb, on_epoch = on_epoch, _tick
+    n_cls = max(len(train_src.classes), len(val_src.classes)) or None
+    result = linear_probe(ftr.features, _labelled(ftr, "a linear probe"), fte.features,
+                          _labelled(fte, "a linear probe"), config=config, num_classes=n_cls,
+                          device=extract_opts.device, on_epoch=on_epoch)
+    frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature),
+                     seconds=time.perf_counter() - t0)
+    return StatsRun(frame=frame, results={"linear": result},
+                    notes=_notes(backbone, (ftr, train_src), (fte, val_src)))
+
+
+def run_clusters(ckpt: str, data: str | ImageSource, *,
+                 backbone_opts: BackboneOptions = BackboneOptions(),
+                 extract_opts: ExtractOptions = ExtractOptions(),
+                 config: ClusterConfig = ClusterConfig(),
+                 progress: ProgressFactory | None = None) -> StatsRun:
+    """k-means of one backbone's features on ``data``, scored against its labels."""
+    t0 = time.perf_counter()
+    src = _source(data)
+    backbone = backbone_opts.load(ckpt)
+    fs = get_features(backbone, src, extract_opts, progress)
+    result = cluster_scores(fs.features, _labelled(fs, "clustering scores"), k=config.k,
+                            seeds=config.seeds, spherical=config.spherical, niter=config.niter,
+                            silhouette_samples=config.silhouette_samples)
+    frame = to_frame(result.to_rows(), context_for(backbone, src, extract_opts.feature),
+                     seconds=time.perf_counter() - t0)
+    return StatsRun(frame=frame, results={"clusters": result}, notes=_notes(backbone, (fs, src)))
+
+
+# ------------------------------------------------------------------------------ collapse-stats
+
+
+class AugmentedSource(ImageSource):
+    """``indices`` of ``base`` under a seeded random augmentation, for alignment pairs.
+
+    Per image (deterministic in ``(seed, view, i)``): random resized crop (scale 0.4–1, aspect
+    3/4–4/3) back to the native size, horizontal flip with probability 1/2, brightness and
+    contrast jitter (factors in 0.6–1.4).
+    """
+
+    def __init__(self, base: ImageSource, indices: np.ndarray, *, seed: int, view: int) -> None:
+        self.base, self.indices, self.seed, self.view = base, indices, seed, view
+        self.spec = f"{base.spec}#aug{view}"
+        self.name, self.split, self.classes = base.name, base.split, base.classes
+        self.labels = base.labels[indices]
+        self.grayscale, self.native_size = base.grayscale, base.native_size
+
+    def load(self, index: int) -> np.ndarray:
+        from PIL import Image
+
+        img = self.base.load(int(self.indices[index]))
+        rng = np.random.default_rng([self.seed, self.view, int(index)])
+        h, w = img.shape[:2]
+        area = h * w * rng.uniform(0.4, 1.0)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        ch = int(min(h, max(1, round(np.sqrt(area / ratio)))))
+        cw = int(min(w, max(1, round(np.sqrt(area * ratio)))))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = Image.fromarray(img[top : top + ch, left : left + cw])
+        out = np.asarray(crop.resize((w, h), Image.BILINEAR), dtype=np.float32)
+        if rng.random() < 0.5:
+            out = out[:, ::-1]
+        mean = out.mean()
+        out = (out - mean) * rng.uniform(0.6, 1.4) + mean * rng.uniform(0.6, 1.4)
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    def fingerprint(self) -> str:
+        blob = f"{self.base.fingerprint()}|aug-v1|{self.seed}|{self.view}".encode()
+        return hashlib.blake2b(blob + self.indices.tobytes(), digest_size=8).hexdigest()
+
+
+def _head_pass(head: torch.nn.Module, cls_features: np.ndarray, *, batch: int, device: str,
+               monitor: DinoHeadAccumulator | None = None,
+               student: tuple[torch.nn.Module, np.ndarray] | None = None) -> np.ndarray:
+    """``(N, bottleneck)`` float32 bottleneck of CLS features, in batches.
+
+    With ``monitor``, the teacher logits of each batch (and the student head's logits of the
+    student's CLS features, when ``student`` is given) are streamed into it, so ``(N, K)`` logits
+    never exist in memory.
+    """
+    head = head.to(device).eval()
+    if student is not None:
+        student[0].to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(cls_features), batch):
+            x = torch.as_tensor(np.asarray(cls_features[s : s + batch], dtype=np.float32),
+                                device=device)
+            z = head.bottleneck(x)
+            if monitor is not None:
+                ls = None
+                if student is not None:
+                    xs = torch.as_tensor(np.asarray(student[1][s : s + batch], dtype=np.float32),
+                                         device=device)
+                    ls = student[0](xs).cpu()
+                monitor.update(head.last_layer(z).cpu(), ls)
+            out.append(z.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _feature_stats(x: np.ndarray, labels: np.ndarray | None, views: tuple | None,
+                   cfg: CollapseConfig, notes: list[str]) -> list[Row]:
+    """Collapse (and, with labels, neural-collapse) rows of one ``(N, D)`` view."""
+    n_cls = int(labels.max()) + 1 if labels is not None else None
+    nc = labels is not None and cfg.neural_collapse
+    m = accumulate(x, labels if nc else None, num_classes=n_cls if nc else None)
+    base = collapse_stats_from_moments(m)
+    uni = uniformity(x, max_samples=cfg.uniformity_samples, seed=cfg.seed)
+    align = alignment(*views) if views is not None else None
+    stats = CollapseStats(n=base.n, dim=base.dim, rankme=base.rankme, alpha_req=base.alpha_req,
+                          normalized_std=base.normalized_std, alignment=align, uniformity=uni,
+                          n_pairs=None if views is None else len(views[0]),
+                          n_uniformity=min(len(x), cfg.uniformity_samples))
+    rows = stats.to_rows()
+    if not nc:
+        return rows
+    probe = linear_probe(x, labels, x, labels, config=cfg.probe)  # only W is used
+    ncs = neural_collapse_from_moments(m, weight=probe.weight)
+    dis, ncc = nc4(x, m.class_means, probe.weight, probe.bias, labels)
+    rows += replace(ncs, nc4=dis, ncc_accuracy=ncc).to_rows()
+    notes.append(f"NC3/NC4 use a {cfg.probe.mode} linear probe trained on the same data "
+                 f"({probe.chosen_text})")
+    return rows
+
+
+def _with_feature(ctx: Context, feature: str) -> Context:
+    return Context(backbone=ctx.backbone, ckpt_hash=ctx.ckpt_hash, arch=ctx.arch,
+                   dataset=ctx.dataset, split=ctx.split, feature=feature)
+
+
+def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
+                       backbone_opts: BackboneOptions = BackboneOptions(),
+                       extract_opts: ExtractOptions = ExtractOptions(),
+                       config: CollapseConfig = CollapseConfig(),
+                       progress: ProgressFactory | None = None) -> StatsRun:
+    """SSL-collapse and neural-collapse statistics of one backbone on ``data`` (module docstring)."""
+    t0 = time.perf_counter()
+    src = _source(data)
+    backbone = backbone_opts.load(ckpt)
+    fs = get_features(backbone, src, extract_opts, progress)
+    labels = fs.labels if (fs.labels >= 0).all() and len(np.unique(fs.labels)) >= 2 else None
+    notes = _notes(backbone, (fs, src))
+    if labels is None:
+        notes.append("the data has no (or a single) label: neural-collapse statistics skipped")
+    elif len(np.unique(labels)) != int(labels.max()) + 1:
+        labels = np.unique(labels, return_inverse=True)[1]
+        notes.append("labels absent from the data were dropped (classes renumbered)")
+
+    pairs = None
+    if config.align_pairs > 0:
+        rng = np.random.default_rng(config.seed)
+        idx = np.sort(rng.choice(len(src), min(len(src), config.align_pairs), replace=False))
+        pairs = tuple(AugmentedSource(src, idx, seed=config.seed, view=v) for v in (1, 2))
+
+    def views(opts: ExtractOptions) -> tuple[np.ndarray, np.ndarray] | None:
+        if pairs is None:
+            return None
+        return tuple(get_features(backbone, p, opts, progress).features for p in pairs)
+
+    ctx = context_for(backbone, src, extract_opts.feature)
+    frames = [to_frame(_feature_stats(fs.features, labels, views(extract_opts), config, notes),
+                       ctx)]
+    results: dict[str, Any] = {"features": fs}
+
+    if config.head and backbone.head is not None:
+        frames += _head_views(backbone, src, fs, labels, ckpt, backbone_opts, extract_opts,
+                              config, ctx, views, notes, progress, results)
+    elif config.head and backbone.kind == "vit":
+        notes.append("no DINO head in this checkpoint: head views skipped")
+    frame = concat(frames)
+    frame["seconds"] = time.perf_counter() - t0
+    return StatsRun(frame=frame, results=results, notes=list(dict.fromkeys(notes)))
+
+
+def _head_views(backbone: Backbone, src: ImageSource, fs: FeatureSet, labels: np.ndarray | None,
+                ckpt: str, backbone_opts: BackboneOptions, extract_opts: ExtractOptions,
+                cfg: CollapseConfig, ctx: Context, views: Callable, notes: list[str],
+                progress: ProgressFactory | None, results: dict[str, Any]) -> list[pd.DataFrame]:
+    """The head's bottleneck view and the prototype (DINO monitor) view."""
+    cls_opts = replace(extract_opts, feature="cls")
+    cls = fs if extract_opts.feature == "cls" else get_features(backbone, src, cls_opts, progress)
+    center = backbone.center if backbone.center is not None else None
+    k = backbone.head.last_layer.weight_v.shape[0]
+    if center is None:
+        notes.append("the checkpoint has no DINO center: teacher probabilities are uncentred")
+        center = np.zeros(k)
+    tt = cfg.teacher_temp or float(backbone.meta.get("teacher_temp", 0.04))
+    monitor = DinoHeadAccumulator(center, teacher_temp=tt, student_temp=cfg.student_temp)
+    student = _student(ckpt, backbone, src, backbone_opts, cls_opts, notes, progress)
+    bottleneck = _head_pass(backbone.head, cls.features, batch=cfg.head_batch,
+                            device=extract_opts.device, monitor=monitor, student=student)
+    pair_views = views(cls_opts)
+    if pair_views is not None:
+        pair_views = tuple(_head_pass(backbone.head, v, batch=cfg.head_batch,
+                                      device=extract_opts.device) for v in pair_views)
+    out = [to_frame(_feature_stats(bottleneck, labels, pair_views, cfg, notes),
+                    _with_feature(ctx, "head-bottleneck"))]
+    head = monitor.result()
+    rows = head.to_rows()
+    if labels is not None:
+        agree = cluster_agreement(labels, head.assignments)
+        p = f"K={head.num_prototypes},argmax"
+        rows += [Row("dino_prototypes", name, getattr(agree, name), p, head.n)
+                 for name in ("nmi", "ari", "accuracy", "purity")]
+    results["dino_head"] = head
+    out.append(to_frame(rows, _with_feature(ctx, "head-prototypes")))
+    return out
+
+
+def _student(ckpt: str, teacher: Backbone, src: ImageSource, backbone_opts: BackboneOptions,
+             cls_opts: ExtractOptions, notes: list[str], progress: ProgressFactory | None
+             ) -> tuple[torch.nn.Module, np.ndarray] | None:
+    """The student's head and its CLS features on ``src``, when the checkpoint holds both
+    networks (a DINO training checkpoint) and the teacher is the one being evaluated."""
+    if teacher.meta.get("format") not in ("dino-train", "dinoeval-pretrain"):
+        return None
+    if backbone_opts.checkpoint_key != "teacher":
+        notes.append("no KL(teacher||student): evaluating the student (--checkpoint-key)")
+        return None
+    try:
+        student = replace(backbone_opts, checkpoint_key="student").load(ckpt)
+    except DinoevalError as err:
+        notes.append(f"no KL(teacher||student): {err}")
+        return None
+    if student.head is None:
+        notes.append("no KL(teacher||student): the student has no head")
+        return None
+    return student.head, get_features(student, src, cls_opts, progress).features

@@ -1,0 +1,127 @@
+"""``dinoeval linear``, ``clusters`` and ``collapse-stats`` end to end on tiny models and data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dinoeval.cli import app
+from dinoeval.eval.stats_runner import CollapseConfig, run_collapse_stats
+from dinoeval.models import DINOHead
+from dinoeval.results import COLUMNS
+
+runner = CliRunner()
+K = 32
+
+
+def dino_train_checkpoint(path, vit, *, center_scale: float = 1.0, same_student: bool = False):
+    """A DINO training checkpoint: teacher and student (backbone + head) and the loss center."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        t_head = DINOHead(vit.embed_dim, K, hidden_dim=64, bottleneck_dim=16)
+        s_head = t_head if same_student else DINOHead(vit.embed_dim, K, hidden_dim=64,
+                                                      bottleneck_dim=16)
+        center = center_scale * torch.randn(1, K)
+    teacher = {**{f"backbone.{k}": v for k, v in vit.state_dict().items()},
+               **{f"head.{k}": v for k, v in t_head.state_dict().items()}}
+    student = {f"module.{k}": v for k, v in teacher.items()} if same_student else {
+        **{f"module.backbone.{k}": v for k, v in vit.state_dict().items()},
+        **{f"module.head.{k}": v for k, v in s_head.state_dict().items()}}
+    torch.save({"teacher": teacher, "student": student, "dino_loss": {"center": center},
+                "epoch": 3}, path)
+    return str(path)
+
+
+@pytest.fixture
+def dino_ckpt(tmp_path, tiny_vit):
+    return dino_train_checkpoint(tmp_path / "dino.pth", tiny_vit)
+
+
+def test_linear_compares_backbones_and_appends_rows(tmp_path):
+    out = tmp_path / "res.csv"
+    r = runner.invoke(app, ["linear", "--ckpt", "pixels", "--train", "digits:train",
+                            "--val", "digits:test", "--lr", "0.01", "--lr", "0.1", "--wd", "0",
+                            "--epochs", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out)
+    assert list(df.columns) == list(COLUMNS)
+    top1 = df[df.metric == "top1"]
+    assert len(top1) == 1 and top1.value.iloc[0] > 0.9  # linear on raw digits pixels is strong
+    assert set(df[df.metric == "val_top1"].param) == {"lr=0.01,wd=0", "lr=0.1,wd=0"}
+    assert (tmp_path / "res.csv.config.json").exists()
+
+
+@pytest.mark.slow
+def test_linear_logreg_mode(tmp_path):
+    r = runner.invoke(app, ["linear", "--ckpt", "pixels", "--train", "digits:train",
+                            "--val", "digits:test[:100]", "--mode", "logreg", "--c", "0.1"])
+    assert r.exit_code == 0, r.output
+    assert "linear-logreg" in r.output
+
+
+def test_clusters_scores_pixels_on_digits(tmp_path):
+    out = tmp_path / "c.csv"
+    r = runner.invoke(app, ["clusters", "--ckpt", "pixels", "--data", "digits:test",
+                            "--seeds", "2", "--spherical", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out)
+    nmi = df[(df.metric == "nmi")].value.iloc[0]
+    assert 0.5 < nmi <= 1.0
+    assert {"ari", "accuracy", "purity", "silhouette", "nmi_std"} <= set(df.metric)
+
+
+@pytest.mark.slow
+def test_collapse_stats_side_by_side_with_head_views(tmp_path, dino_ckpt):
+    out = tmp_path / "s.csv"
+    r = runner.invoke(app, ["collapse-stats", "--ckpt", dino_ckpt, "--ckpt", "pixels",
+                            "--data", "digits:train[:150]", "--align-pairs", "16",
+                            "--img-size", "16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out)
+    ours = df[df.backbone == dino_ckpt]
+    assert set(ours.feature) == {"cls", "head-bottleneck", "head-prototypes"}
+    assert set(df[df.backbone == "pixels"].feature) == {"pixels"}
+    for feature in ("cls", "head-bottleneck"):
+        metrics = set(ours[ours.feature == feature].metric)
+        assert {"rankme", "alpha_req", "normalized_std", "alignment", "uniformity", "nc1",
+                "nc2_equiangularity", "nc3_self_duality", "nc4_ncc_disagreement"} <= metrics
+    proto = ours[ours.feature == "head-prototypes"].set_index("metric").value
+    assert 0 <= proto["teacher_entropy"] <= proto["log_K"] + 1e-9
+    assert proto["kl_teacher_student"] > 0  # the student's head differs from the teacher's
+    assert 1 <= proto["prototypes_used"] <= K
+    assert {"nmi", "ari", "accuracy", "purity"} <= set(proto.index)
+
+
+def test_identical_teacher_and_student_have_zero_kl(tmp_path, tiny_vit):
+    ckpt = dino_train_checkpoint(tmp_path / "same.pth", tiny_vit, center_scale=0.0,
+                                 same_student=True)
+    cfg = CollapseConfig(teacher_temp=0.1, student_temp=0.1, align_pairs=0,
+                         neural_collapse=False)
+    run = run_collapse_stats(ckpt, "digits:train[:40]", config=cfg)
+    head = run.results["dino_head"]
+    assert head.kl == pytest.approx(0.0, abs=1e-9)
+    assert head.n == 40 and head.num_prototypes == K
+
+
+@pytest.mark.parametrize(("args", "msg"), [
+    (["linear", "--ckpt", "missing.pth", "--train", "digits:train", "--val", "digits:test"],
+     "not found"),
+    (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
+      "--mode", "svm"], "mode"),
+    (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
+      "--val-fraction", "1.5"], "val_fraction"),
+    (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
+      "--feature", "bogus"], "unknown feature kind"),
+    (["clusters", "--ckpt", "pixels", "--data", "digits:test", "--seeds", "0"], "--seeds"),
+    (["clusters", "--ckpt", "pixels", "--data", "nosuch:thing"], "unknown data source"),
+    (["collapse-stats", "--ckpt", "pixels", "--data", "digits:test", "--align-pairs", "-1"],
+     "--align-pairs"),
+    (["collapse-stats", "--ckpt", "pixels", "--data", "digits:test", "--checkpoint-key", "ema"],
+     "teacher or student"),
+])
+def test_bad_input_exits_2_with_a_message(args, msg):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert msg in r.output.replace("\n", " "), r.output
