@@ -68,6 +68,7 @@ def main() -> None:
         "total_s": round(report.seconds, 2), "extract_s": round(extract, 2),
         "html_mb": round(html_mb, 2),
         "pngs": len(list((args.out / "figures").glob("*.png"))),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
     }
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([row])
@@ -101,7 +102,8 @@ def throughput(args: argparse.Namespace) -> None:
         rows.append({"timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "arch": bb.name, "img_size": size, "batch": batch, "device": args.device,
                      "device_name": _device_name(args.device), "threads": args.threads,
-                     "images_per_s": round(reps * batch / sec, 1)})
+                     "images_per_s": round(reps * batch / sec, 1),
+                     "load_avg_1m": round(os.getloadavg()[0], 1)})
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
     out = args.csv.with_name("attention_throughput.csv")

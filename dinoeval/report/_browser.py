@@ -64,7 +64,9 @@ class _Cdp:
     def __init__(self, ws_url: str) -> None:
         import websocket
 
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
+        self.timeout = 120.0
+        self.ws = websocket.create_connection(ws_url, timeout=self.timeout,
+                                              suppress_origin=True)
         self.next_id = 0
         self.events: list[dict[str, Any]] = []
 
@@ -85,17 +87,20 @@ class _Cdp:
         if any(e["method"] == method for e in self.events):
             return True
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.ws.settimeout(max(0.1, end - time.monotonic()))
-            try:
-                msg = json.loads(self.ws.recv())
-            except Exception:
-                return False
-            if "method" in msg:
-                self.events.append(msg)
-                if msg["method"] == method:
-                    return True
-        return False
+        try:
+            while time.monotonic() < end:
+                self.ws.settimeout(max(0.1, end - time.monotonic()))
+                try:
+                    msg = json.loads(self.ws.recv())
+                except Exception:
+                    return False
+                if "method" in msg:
+                    self.events.append(msg)
+                    if msg["method"] == method:
+                        return True
+            return False
+        finally:
+            self.ws.settimeout(self.timeout)
 
     def close(self) -> None:
         self.ws.close()
@@ -135,7 +140,8 @@ def _devtools_port(profile: Path, proc: subprocess.Popen, timeout: float) -> int
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"chromium exited with code {proc.returncode} at start")
-        if marker.exists() and (lines := marker.read_text().split()):
+        # The file holds "PORT\n/devtools/browser/ID"; wait for both lines (no partial read).
+        if marker.exists() and len(lines := marker.read_text().split()) >= 2:
             return int(lines[0])
         time.sleep(0.05)
     raise RuntimeError("chromium did not open its DevTools port")
@@ -145,8 +151,11 @@ def _page_ws_url(port: int, timeout: float) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            pages = [t for t in json.load(r) if t.get("type") == "page"]
+        try:
+            with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                pages = [t for t in json.load(r) if t.get("type") == "page"]
+        except OSError:  # not listening yet
+            pages = []
         if pages:
             return pages[0]["webSocketDebuggerUrl"]
         time.sleep(0.1)

@@ -17,15 +17,16 @@ pytestmark = [
 
 
 def _assert_clean(check, tmp_path) -> None:
-    assert check.loaded
-    assert check.images, "no <img> on the page"
-    bad = [src for w, h, src in check.images if w <= 0 or h <= 0]
-    assert not bad, f"{len(bad)} images did not decode"
-    assert check.console_errors == []
-    foreign = [u for u in check.requests if not u.startswith(("file://", "data:"))]
-    assert foreign == [], "the page fetched something from outside"
-    assert not check.overflow_x, "the page scrolls sideways"
     (tmp_path / "screenshot.png").write_bytes(check.screenshot or b"")
+    bad = [src for w, h, src in check.images if w <= 0 or h <= 0]
+    foreign = [u for u in check.requests if not u.startswith(("file://", "data:"))]
+    problems = {"load event never fired": not check.loaded,
+                "no <img> on the page": not check.images,
+                f"{len(bad)} images did not decode": bool(bad),
+                f"console errors: {check.console_errors}": bool(check.console_errors),
+                f"fetched from outside: {foreign[:5]}": bool(foreign),
+                "the page scrolls sideways": check.overflow_x}
+    assert not any(problems.values()), "; ".join(k for k, v in problems.items() if v)
 
 
 def test_attention_report_loads_in_chromium(tmp_path, runs, originals):
