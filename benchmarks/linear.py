@@ -8,7 +8,9 @@ best held-out top-1, refit it on all of TRAIN, report top-1 on TEST.
 
 Rows (appended to ``results/bench_linear.csv`` as each method finishes): method, settings tried,
 chosen setting, held-out and test top-1, seconds, threads, and the 1-minute load average before and
-after (the 2 cores are shared with other jobs, so times are upper bounds).
+after. The 2 cores are shared with other jobs, so wall ``seconds`` are upper bounds;
+``cpu_seconds`` (process CPU time over all threads) divided by ``threads`` estimates the wall time
+on dedicated cores.
 
     .venv/bin/python benchmarks/linear.py [--sklearn-cs 0.003 0.01 0.03] [--threads 2]
 """
@@ -29,7 +31,7 @@ from dinoeval.eval.linear import LinearProbeConfig, linear_probe, stratified_spl
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "bench_linear.csv"
 FIELDS = ["method", "n_train", "n_test", "dim", "settings", "chosen", "val_top1", "test_top1",
-          "seconds", "threads", "load_before", "load_after", "features"]
+          "seconds", "cpu_seconds", "threads", "load_before", "load_after", "features"]
 FEATURES = "fashion-mnist pixels -> relu(x P), P~N(0,1/784) seed 0, 1536-d"
 
 
@@ -57,13 +59,14 @@ def write(row: dict) -> None:
 
 def ours(mode: str, x, y, xt, yt, threads: int) -> None:
     cfg = LinearProbeConfig(mode=mode)
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     r = linear_probe(x, y, xt, yt, config=cfg)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     write({"method": f"dinoeval-{mode}", "n_train": len(x), "n_test": len(xt), "dim": x.shape[1],
            "settings": len(r.val_top1), "chosen": r.chosen_text,
            "val_top1": dict(r.val_top1)[r.chosen_text], "test_top1": r.top1,
-           "seconds": round(secs, 1), "threads": threads, "load_before": load0,
+           "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1), "threads": threads,
+           "load_before": load0,
            "load_after": os.getloadavg()[0], "features": FEATURES})
 
 
@@ -71,7 +74,7 @@ def sklearn_logreg(cs: list[float], x, y, xt, yt, threads: int) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    load0, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     sc = StandardScaler().fit(x)
     xs, xts = sc.transform(x), sc.transform(xt)
     fit, val = stratified_split(y, 0.1, 0)
@@ -86,7 +89,8 @@ def sklearn_logreg(cs: list[float], x, y, xt, yt, threads: int) -> None:
     write({"method": "sklearn-LogisticRegression(lbfgs)", "n_train": len(x), "n_test": len(xt),
            "dim": x.shape[1], "settings": len(cs), "chosen": f"C={cs[best]:g}",
            "val_top1": scores[best], "test_top1": m.score(xts, yt),
-           "seconds": round(time.perf_counter() - t0, 1), "threads": threads,
+           "seconds": round(time.perf_counter() - t0, 1),
+           "cpu_seconds": round(time.process_time() - c0, 1), "threads": threads,
            "load_before": load0, "load_after": os.getloadavg()[0], "features": FEATURES})
 
 

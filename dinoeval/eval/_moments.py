@@ -168,7 +168,7 @@ class MomentAccumulator:
             if (y < 0).any() or (y >= self.num_classes).any():
                 raise DinoevalError(f"labels must lie in [0, {self.num_classes})")
             self.class_counts += np.bincount(y, minlength=self.num_classes)
-            np.add.at(self.class_sums, y, hs)
+            self.class_sums += _class_sums(hs, y, self.num_classes)
 
     def result(self) -> Moments:
         """The accumulated :class:`Moments` (raises when nothing was added)."""
@@ -191,6 +191,14 @@ class MomentAccumulator:
                        normed_sum=self.normed_sum.copy(), normed_sumsq=self.normed_sumsq.copy(),
                        class_counts=counts, class_means=means,
                        within_scatter=None if within is None else _sym(within))
+
+
+def _class_sums(h: np.ndarray, y: np.ndarray, c: int) -> np.ndarray:
+    """``(C, D)`` per-class row sums as a sparse one-hot product (O(B·D), unlike ``np.add.at``)."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix((np.ones(len(y)), (y, np.arange(len(y)))), shape=(c, len(y)))
+    return np.asarray(onehot @ h)
 
 
 def _sym(a: np.ndarray) -> np.ndarray:

@@ -151,3 +151,22 @@ def test_classifier_of_the_wrong_shape_is_refused():
     x, y = np.eye(4), np.array([0, 0, 1, 1])
     with pytest.raises(DinoevalError, match="expected"):
         neural_collapse(x, y, weight=np.ones((3, 4)))
+
+
+def test_streaming_memory_does_not_grow_with_the_number_of_samples(tmp_path, seed):
+    import tracemalloc
+
+    n, d, c = 40_000, 32, 5
+    path = tmp_path / "big.dat"
+    mm = np.memmap(path, dtype=np.float32, mode="w+", shape=(n, d))
+    rng = np.random.default_rng(seed)
+    for s in range(0, n, 10_000):
+        mm[s : s + 10_000] = rng.normal(size=(10_000, d))
+    mm.flush()
+    x = np.memmap(path, dtype=np.float32, mode="r", shape=(n, d))
+    y = np.arange(n) % c
+    tracemalloc.start()
+    neural_collapse(x, y, block_rows=1000)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < n * d * 8 / 4  # a float64 copy of the features would be 10 MB
