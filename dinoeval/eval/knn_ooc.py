@@ -208,15 +208,21 @@ class BlockPlan:
     working_bytes: int
 
 
+def fixed_bytes(n_queries: int, dim: int, k: int) -> int:
+    """Working bytes that do not depend on the bank block size (see :func:`plan_blocks`)."""
+    return n_queries * dim * 8 + n_queries * k * 110 + (32 << 20)
+
+
 def plan_blocks(n_bank: int, n_queries: int, dim: int, k: int, max_memory: int, *,
                 itemsize: int = 4, backend: str = "faiss") -> BlockPlan:
     """Bank rows per block so that the working set stays under ``max_memory`` bytes.
 
-    Fixed: the normalised queries ``M*D*4`` and ~5 top-k buffers ``M*k*12`` (running, block,
-    merge scratch). Per bank row: the stored row and its float32 copy ``D*(itemsize + 4)``; the
+    Fixed: the queries and their normalised copy ``M*D*8``, the running and block top-k lists
+    and the merge scratch (concatenations, sort keys, order) ``~M*k*110``, and 32 MiB for faiss's
+    internal blocks. Per bank row: the mapped row and its float32 copy ``D*(itemsize + 4)``; the
     torch backend also holds a ``(4096, b)`` similarity block and its top-k scratch.
     """
-    fixed = n_queries * dim * 4 + 5 * n_queries * k * 12 + (16 << 20)
+    fixed = fixed_bytes(n_queries, dim, k)
     per_row = dim * (itemsize + 4) + (2 * min(n_queries, _QUERY_BLOCK) * 4 if backend == "torch"
                                       else 0)
     room = max_memory - fixed

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dinoeval.eval.knn_ooc import knn_classify_distributed
+from dinoeval.eval.knn_ooc import fixed_bytes, knn_classify_distributed
 from dinoeval.features.sharded import extract_sharded
 from dinoeval.models import load_backbone
 from tests.conftest import make_source
@@ -30,7 +30,7 @@ def main() -> None:
     res = knn_classify_distributed(work / "bank.npy", data["ty"],
                                    data["qx"] if rank == 0 else None,
                                    data["qy"] if rank == 0 else None, ks=(1, 5, 20),
-                                   max_memory=(16 << 20) + 100_000)  # ~200-row blocks
+                                   max_memory=fixed_bytes(60, 16, 20) + 200 * 16 * 8)  # 200-row blocks
     np.save(work / f"feats{rank}.npy", np.asarray(fs.features))
     np.save(work / f"pred{rank}.npy", np.stack([res.predictions[k] for k in (1, 5, 20)]))
     dist.destroy_process_group()

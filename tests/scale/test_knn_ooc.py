@@ -8,6 +8,7 @@ from dinoeval.eval.knn_ooc import (
     BankReader,
     decode_bank,
     encode_bank,
+    fixed_bytes,
     knn_classify_ooc,
     knn_search_ooc,
     merge_topk,
@@ -55,7 +56,7 @@ def test_out_of_core_equals_in_memory_many_blocks(tmp_path, backend):
     ref_s, ref_i = knn_search(tx, qx, 20)
     # a budget that leaves room for only a few hundred bank rows per block
     per_row = 16 * 8 + (2 * 300 * 4 if backend == "torch" else 0)
-    budget = (16 << 20) + len(qx) * 16 * 4 + 5 * len(qx) * 20 * 12 + 700 * per_row
+    budget = fixed_bytes(len(qx), 16, 20) + 700 * per_row
     assert plan_blocks(3000, 300, 16, 20, budget, backend=backend).n_blocks > 3
     out = knn_classify_ooc(tmp_path / "bank.npy", ty, qx, qy, ks=(1, 5, 20), max_memory=budget,
                            backend=backend)
@@ -82,7 +83,7 @@ def _ties(seed=3, copies=30, same_label=True):
 
 def _small(backend):  # a budget for ~150-row blocks of the 1200-row tie bank
     per_row = 8 * 8 + (2 * 50 * 4 if backend == "torch" else 0)
-    return (16 << 20) + 50 * 8 * 4 + 5 * 50 * 45 * 12 + 150 * per_row
+    return fixed_bytes(50, 8, 45) + 150 * per_row
 
 
 def test_exact_duplicates_predictions_equal_in_memory(tmp_path):
@@ -110,7 +111,7 @@ def test_tie_rule_is_faiss_values_then_lowest_index():
     want_s, want_i = np.take_along_axis(full_s, order, 1), np.take_along_axis(full_i, order, 1)
     assert (full_s[:, 44] == full_s[:, 45]).sum() > 10  # the test has boundary ties
     per_row = 8 * 8
-    blocks_1024 = (16 << 20) + 50 * 8 * 4 + 5 * 50 * 45 * 12 + 1500 * per_row
+    blocks_1024 = fixed_bytes(50, 8, 45) + 1500 * per_row
     assert plan_blocks(len(t), 50, 8, 45, blocks_1024).n_blocks == 3
     for mem in (blocks_1024, "1GB"):
         s, i = knn_search_ooc(tx, qx, 45, max_memory=mem)
