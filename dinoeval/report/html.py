@@ -27,6 +27,8 @@ from dinoeval.report import figures as F
 if TYPE_CHECKING:
     from dinoeval.eval.attention_runner import AttentionRun
 
+_CARD_PX, _CARD_GAP = 118, 8  # attention cards: minimum width and gap (CSS .tiles)
+
 CSS = """
 :root { --fg:#1d232b; --muted:#5f6b7a; --line:#e2e6eb; --bg:#f6f7f9; --card:#fff;
         --accent:#0a7bbd; --good:#e7f6ec; }
@@ -57,10 +59,12 @@ img.plot { max-width:100%; height:auto; display:block; margin:6px 0; }
 .original { width:150px; flex:none; }
 .original img { width:150px; height:auto; image-rendering:pixelated; border-radius:4px;
                 border:1px solid var(--line); }
-.ckpt { border-top:1px solid var(--line); padding:8px 0 4px; }
+.ckpts { display:flex; flex-wrap:wrap; column-gap:28px; }
+.ckpt { border-top:1px solid var(--line); padding:8px 0 4px; max-width:100%; flex:0 1 auto; }
 .ckpt-name { font-weight:600; font-size:13px; margin-bottom:6px; overflow-wrap:anywhere; }
 .ckpt-name span { font-weight:400; color:var(--muted); }
 .tiles { display:grid; grid-template-columns:repeat(auto-fill, minmax(118px, 1fr)); gap:8px; }
+@media (max-width: 700px) { .tiles { grid-template-columns:repeat(auto-fill, minmax(96px, 1fr)); } }
 figure.card { margin:0; background:#fafbfc; border:1px solid var(--line); border-radius:6px;
               padding:4px; min-width:0; }
 figure.card.mean { border-color:var(--accent); }
@@ -274,11 +278,14 @@ def _image_section(i: int, caption: str, original: np.ndarray, runs: Sequence[At
         parts.append(_img(png_data_uri(gt_tile),
                           "ground truth", style="width:96px;image-rendering:pixelated"))
         parts.append("<p class=muted>ground-truth foreground</p>")
-    parts.append("</div></div>")
+    parts.append("</div></div><div class=ckpts>")
     for lab, r, ts in zip(labels, runs, tiles, strict=True):
         score = (f" · J(mean of heads) <span class=score>{r.jaccard.mean_heads[i]:.3f}</span>"
                  if r.jaccard is not None else "")
-        parts.append(f"<div class=ckpt><div class=ckpt-name>{html.escape(lab)} "
+        # As wide as its cards need, so checkpoints with few heads sit side by side.
+        width = len(ts) * (_CARD_PX + _CARD_GAP) - _CARD_GAP
+        parts.append(f"<div class=ckpt style=\"width:{width}px\"><div class=ckpt-name>"
+                     f"{html.escape(lab)} "
                      f"<span>{html.escape(r.arch)} · block {r.block}{score}</span></div>"
                      "<div class=tiles>")
         for name, heat, mask, j in ts:
@@ -291,7 +298,7 @@ def _image_section(i: int, caption: str, original: np.ndarray, runs: Sequence[At
                          f"title=\"{html.escape(lab)}\">{html.escape(lab)}</span>"
                          "</figcaption></figure>")
         parts.append("</div></div>")
-    parts.append("</section>")
+    parts.append("</div></section>")
     return "".join(parts)
 
 
