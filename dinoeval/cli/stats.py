@@ -161,7 +161,9 @@ def clusters(
 def collapse_stats(
     ckpt: CkptOpt,
     data: Annotated[str, typer.Option(help="Data to measure on, e.g. fashion-mnist:train.")],
-    feature: FeatureOpt = "cls",
+    feature: Annotated[list[str] | None, typer.Option(
+        "--feature", help="Backbone feature kinds; repeat to measure several (default cls): "
+                          "cls | cls-last4 | cls+avgpool | cls+avgpool-v2.")] = None,
     head: Annotated[bool, typer.Option(
         help="Also measure the DINO head's bottleneck and prototypes when the checkpoint has "
              "them.")] = True,
@@ -194,7 +196,7 @@ def collapse_stats(
       --data fashion-mnist:train
     """
     from dinoeval.errors import DinoevalError
-    from dinoeval.eval.stats_runner import CollapseConfig, run_collapse_stats
+    from dinoeval.eval.stats_runner import CollapseConfig, run_collapse_stats_kinds
     from dinoeval.pipeline import ExtractOptions
 
     with user_errors():
@@ -203,14 +205,16 @@ def collapse_stats(
         if teacher_temp is not None and teacher_temp <= 0:
             raise DinoevalError(f"--teacher-temp must be > 0, got {teacher_temp}")
         bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
-        eopts = ExtractOptions(feature=feature, batch_size=batch_size, device=device,
-                               num_workers=workers, precision=precision,
-                               skip_bad_images=skip_bad_images, cache_dir=cache_dir)
+        kinds = list(dict.fromkeys(feature or ["cls"]))
+        eopts = [ExtractOptions(feature=kind, batch_size=batch_size, device=device,
+                                num_workers=workers, precision=precision,
+                                skip_bad_images=skip_bad_images, cache_dir=cache_dir)
+                 for kind in kinds]
         cfg = CollapseConfig(head=head, neural_collapse=neural_collapse, align_pairs=align_pairs,
                              teacher_temp=teacher_temp, seed=seed)
-        _run_all(ckpt, lambda spec, pf: run_collapse_stats(spec, data, backbone_opts=bopts,
-                                                           extract_opts=eopts, config=cfg,
-                                                           progress=pf),
+        _run_all(ckpt, lambda spec, pf: run_collapse_stats_kinds(
+                     spec, data, backbone_opts=bopts, extract_opts=eopts, config=cfg,
+                     progress=pf),
                  out, "collapse statistics", backbone=bopts, extract=eopts, collapse=cfg)
 
 

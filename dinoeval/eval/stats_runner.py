@@ -317,6 +317,24 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
     return StatsRun(frame=frame, results=results, notes=list(dict.fromkeys(notes)))
 
 
+def run_collapse_stats_kinds(ckpt: str, data: str | ImageSource, *,
+                             backbone_opts: BackboneOptions = BackboneOptions(),
+                             extract_opts: list[ExtractOptions] | tuple[ExtractOptions, ...] = (
+                                 ExtractOptions(),),
+                             config: CollapseConfig = CollapseConfig(),
+                             progress: ProgressFactory | None = None) -> StatsRun:
+    """:func:`run_collapse_stats` for several backbone feature kinds in one table; the head
+    views (which always start from the CLS token) are measured once, with the first kind."""
+    runs = [run_collapse_stats(ckpt, data, backbone_opts=backbone_opts, extract_opts=opts,
+                               config=config if i == 0 else replace(config, head=False),
+                               progress=progress)
+            for i, opts in enumerate(extract_opts)]
+    return StatsRun(frame=concat([r.frame for r in runs]),
+                    results={opts.feature: r.results for opts, r in zip(extract_opts, runs,
+                                                                          strict=True)},
+                    notes=list(dict.fromkeys(n for r in runs for n in r.notes)))
+
+
 def _head_views(backbone: Backbone, src: ImageSource, fs: FeatureSet, labels: np.ndarray | None,
                 ckpt: str, backbone_opts: BackboneOptions, extract_opts: ExtractOptions,
                 cfg: CollapseConfig, ctx: Context, views: Callable, notes: list[str],

@@ -77,12 +77,15 @@ def test_collapse_stats_side_by_side_with_head_views(tmp_path, dino_ckpt):
     out = tmp_path / "s.csv"
     r = runner.invoke(app, ["collapse-stats", "--ckpt", dino_ckpt, "--ckpt", "pixels",
                             "--data", "digits:train[:150]", "--align-pairs", "16",
+                            "--feature", "cls", "--feature", "cls-last4",
                             "--img-size", "16", "--out", str(out)])
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out)
     ours = df[df.backbone == dino_ckpt]
-    assert set(ours.feature) == {"cls", "head-bottleneck", "head-prototypes"}
-    assert set(df[df.backbone == "pixels"].feature) == {"pixels"}
+    assert set(ours.feature) == {"cls", "cls-last4", "head-bottleneck", "head-prototypes"}
+    dims = ours[ours.metric == "dim"].set_index("feature").value
+    assert dims["cls-last4"] == 2 * dims["cls"]  # a depth-2 model has 2 of the "last 4" blocks
+    assert set(df[df.backbone == "pixels"].feature) == {"pixels"}  # pixels have one kind
     for feature in ("cls", "head-bottleneck"):
         metrics = set(ours[ours.feature == feature].metric)
         assert {"rankme", "alpha_req", "normalized_std", "alignment", "uniformity", "nc1",
