@@ -2,9 +2,11 @@
 
 1. A synthetic 2,000,000 x 384 float32 bank (2.9 GiB; 1000 Gaussian classes) is generated once,
    block by block, into an ``.npy`` file in /tmp by a child process (so generation does not count in
-   this process's peak RSS), then searched with ``knn_classify_ooc(max_memory=...)`` against
-   ``--queries`` queries. Reported: time, peak RSS of the search process (``ru_maxrss``), the RSS
-   before the search (interpreter + torch + faiss), blocks, top-1.
+   this process's peak RSS), then searched with ``knn_classify_ooc`` against
+   ``--queries`` queries, ``--max-memory`` bounding the whole process as in ``dinoeval knn-bank``
+   (the RSS already held is subtracted; the rest sizes the blocks). Reported: time, peak RSS of
+   the search process (``ru_maxrss``), the RSS before the search (interpreter + torch + faiss),
+   blocks, top-1.
    ``--check-rows N`` also compares predictions with the in-memory ``knn_classify`` on the first N
    bank rows (the full bank would need ~6 GB in memory).
 2. ``--precision``: Fashion-MNIST raw pixels (784-d), 60k bank x ``--precision-queries`` test
@@ -73,7 +75,7 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from dinoeval.eval.knn import knn_classify
-    from dinoeval.eval.knn_ooc import BankReader, knn_classify_ooc, parse_bytes, plan_blocks
+    from dinoeval.eval.knn_ooc import BankReader, knn_classify_ooc, plan_blocks, working_budget
 
     torch.set_num_threads(args.threads)
     path = Path(args.bank)
@@ -86,16 +88,19 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
     qx = np.load(path.with_name(path.stem + ".queries.npy"))[: args.queries]
     qy = np.load(path.with_name(path.stem + ".qlabels.npy"))[: args.queries]
     reader = BankReader(path)
-    plan = plan_blocks(len(reader), len(qx), reader.dim, max(KS), parse_bytes(args.max_memory))
+    # as `dinoeval knn-bank`: --max-memory bounds the whole process
+    budget = working_budget(args.max_memory)
+    plan = plan_blocks(len(reader), len(qx), reader.dim, max(KS), budget)
     base_rss, _ = rss_mb()
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    res = knn_classify_ooc(path, labels, qx, qy, ks=KS, max_memory=args.max_memory,
+    res = knn_classify_ooc(path, labels, qx, qy, ks=KS, max_memory=budget,
                            num_classes=int(labels.max()) + 1)
     secs = time.perf_counter() - t0
     _, peak = rss_mb()
     rows = [dict(bench="knn_ooc", n_bank=len(reader), n_queries=len(qx), dim=reader.dim,
-                 k=max(KS), max_memory=args.max_memory, bank_dtype=reader.storage,
+                 k=max(KS), max_memory=args.max_memory, working_budget_mb=budget / 2**20,
+                 bank_dtype=reader.storage,
                  bank_gib=path.stat().st_size / 2**30, blocks=plan.n_blocks,
                  block_rows=plan.bank_rows, seconds=secs, peak_rss_mb=peak,
                  rss_before_search_mb=base_rss, top1_k20=res.top1[20], top1_k200=res.top1[200],

@@ -111,13 +111,13 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *, ks: tuple[int, .
         BankReader,
         knn_classify_distributed,
         knn_classify_ooc,
-        parse_bytes,
         plan_blocks,
+        working_budget,
     )
     from dinoeval.results import Context, to_frame
 
     t0 = time.perf_counter()
-    parse_bytes(max_memory)  # a bad size fails before any work
+    budget = working_budget(max_memory)  # --max-memory bounds the whole process
     train_e, val_e = find_entry(train_dir), find_entry(val_dir)
     meta = json.loads((val_e / "meta.json").read_text())
     bank = bank_file(train_e, bank_dtype)
@@ -127,16 +127,16 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *, ks: tuple[int, .
     reader = BankReader(bank)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         result = knn_classify_distributed(bank, train_y, np.asarray(val_x), val_y, ks=ks,
-                                          temperature=temperature, max_memory=max_memory,
+                                          temperature=temperature, max_memory=budget,
                                           backend=backend, device=device)
         world = dist.get_world_size()
     else:
         result = knn_classify_ooc(bank, train_y, np.asarray(val_x), val_y, ks=ks,
-                                  temperature=temperature, max_memory=max_memory,
+                                  temperature=temperature, max_memory=budget,
                                   backend=backend, device=device)
         world = 1
     plan = plan_blocks(-(-len(reader) // world), len(val_y), reader.dim, max(result.ks),
-                       parse_bytes(max_memory), itemsize=reader.dtype.itemsize, backend=backend)
+                       budget, itemsize=reader.dtype.itemsize, backend=backend)
     ctx = Context(backbone=str(meta.get("backbone", "")), ckpt_hash=str(meta.get("ckpt_hash", "")),
                   arch=str(meta.get("arch", "")), dataset=str(meta.get("dataset", "")),
                   split=str(meta.get("split", "")), feature=str(meta.get("kind", "")))
@@ -226,7 +226,8 @@ def knn_bank(
     train_feats: Annotated[Path, typer.Option(help="Feature cache (entry) of the train bank.")],
     val_feats: Annotated[Path, typer.Option(help="Feature cache (entry) of the queries.")],
     max_memory: Annotated[str, typer.Option(
-        help="Budget of the k-NN working buffers (bank blocks, top-k lists), e.g. 1GB.")] = "1GB",
+        help="Peak memory of this process, e.g. 1GB: what torch/faiss already hold is subtracted "
+        "and the rest sizes the bank blocks.")] = "1GB",
     k: Annotated[list[int] | None, typer.Option(
         "--k", help="Neighbour counts; repeat (default 10 20 100 200).")] = None,
     temperature: Annotated[float, typer.Option(help="Vote weight exp(sim/T).")] = 0.07,

@@ -43,6 +43,8 @@ from dinoeval.results import Row
 
 BANK_DTYPES = ("float32", "float16", "bfloat16")
 _FAISS_BLOCK = 1024  # faiss scans the bank in blocks of this many rows; we align to it
+_NORM_ROWS = 8192
+_MERGE_ROWS = 2048  # queries merged at a time (bounds the sort scratch)
 _MIN_ROWS = 64  # smaller blocks are still exact, only slow
 _QUERY_BLOCK = 4096  # queries per search call, as knn_search does
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20,
@@ -183,10 +185,16 @@ class BankReader:
         """``(first row, (b, D) float32 block)`` for rows ``[start, stop)``, ``rows`` at a time."""
         stop = len(self) if stop is None else stop
         for s in range(start, stop, rows):
-            raw = self.read(s, min(s + rows, stop))
-            block = decode_bank(raw)
-            del raw
-            yield s, _prep(block, normalize) if normalize else block
+            block = self.read(s, min(s + rows, stop))
+            if block.dtype != np.float32:
+                block = decode_bank(block)
+            if normalize:
+                # in place, a slice at a time: no full-size temporaries; row for row the same
+                # arithmetic as knn_classify's normalisation
+                for r in range(0, len(block), _NORM_ROWS):
+                    block[r : r + _NORM_ROWS] = _prep(block[r : r + _NORM_ROWS], True)
+            yield s, block
+            del block  # before the next read, or two blocks would be alive at once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +218,36 @@ class BlockPlan:
 
 def fixed_bytes(n_queries: int, dim: int, k: int) -> int:
     """Working bytes that do not depend on the bank block size (see :func:`plan_blocks`)."""
-    return n_queries * dim * 8 + n_queries * k * 110 + (32 << 20)
+    return (n_queries * dim * 8 + n_queries * (k + 1) * 24
+            + min(n_queries, _MERGE_ROWS) * k * 110 + (32 << 20))
+
+
+def process_rss() -> int:
+    """Resident bytes of this process now (Linux ``/proc``; else the peak so far)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def working_budget(process_limit: int | str, *, margin: int = 64 << 20) -> int:
+    """Bytes left for k-NN buffers if the whole process must stay under ``process_limit``.
+
+    The interpreter, torch and faiss already hold ~0.5-0.6 GB here; ``margin`` covers allocator
+    slack.
+    """
+    limit = parse_bytes(process_limit)
+    left = limit - process_rss() - margin
+    if left <= 0:
+        raise DinoevalError(f"--max-memory {limit / 2**20:.0f} MiB is below what this process "
+                            f"already uses ({process_rss() / 2**20:.0f} MiB); raise it")
+    return left
 
 
 def plan_blocks(n_bank: int, n_queries: int, dim: int, k: int, max_memory: int, *,
@@ -218,8 +255,9 @@ def plan_blocks(n_bank: int, n_queries: int, dim: int, k: int, max_memory: int, 
     """Bank rows per block so that the working set stays under ``max_memory`` bytes.
 
     Fixed: the queries and their normalised copy ``M*D*8``, the running and block top-k lists
-    and the merge scratch (concatenations, sort keys, order) ``~M*k*110``, and 32 MiB for faiss's
-    internal blocks. Per bank row: the mapped row and its float32 copy ``D*(itemsize + 4)``; the
+    ``M*(k+1)*24``, the merge scratch of one chunk of 2048 queries (concatenations, sort keys,
+    order) ``~2048*k*110``, and 32 MiB for faiss's internal blocks. Per bank row: the mapped row
+    and its float32 copy ``D*(itemsize + 4)``; the
     torch backend also holds a ``(4096, b)`` similarity block and its top-k scratch.
     """
     fixed = fixed_bytes(n_queries, dim, k)
@@ -359,7 +397,11 @@ def knn_search_ooc(bank: str | Path | np.ndarray, queries: np.ndarray, k: int, *
         else:
             s, i = _search_block_torch(q_t, block, kb, dev)
         del block
-        best_s, best_i = merge_topk(best_s, best_i, s, i + first, k)
+        i += first
+        for c in range(0, len(q), _MERGE_ROWS):
+            sl = slice(c, c + _MERGE_ROWS)
+            best_s[sl], best_i[sl] = merge_topk(best_s[sl], best_i[sl], s[sl], i[sl], k)
+        del s, i
     return best_s, best_i
 
 

@@ -41,7 +41,7 @@ def test_extract_sharded_by_hand_then_knn_bank_equals_in_memory(tmp_path, ckpt):
     out = tmp_path / "res.csv"
     for dtype in ("float32", "bfloat16"):
         r = runner.invoke(app, ["knn-bank", "--train-feats", str(train), "--val-feats", str(val),
-                                "--k", "5", "--k", "20", "--max-memory", "64MB",
+                                "--k", "5", "--k", "20", "--max-memory", "16GB",
                                 "--bank-dtype", dtype, "--out", str(out)])
         assert r.exit_code == 0, r.output
     df = pd.read_csv(out)
@@ -62,6 +62,9 @@ def test_scale_cli_errors_exit_2(tmp_path, ckpt):
     r = runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "c"),
                             "--val-feats", str(tmp_path / "c"), "--max-memory", "lots"])
     assert r.exit_code == 2 and "memory size" in r.output
+    r = runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "c"),
+                            "--val-feats", str(tmp_path / "c"), "--max-memory", "100MB"])
+    assert r.exit_code == 2 and "already uses" in r.output
     r = runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "c"),
                             "--val-feats", str(tmp_path / "c"), "--bank-dtype", "int8"])
     assert r.exit_code == 2 and "--bank-dtype" in r.output
