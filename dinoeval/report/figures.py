@@ -28,6 +28,14 @@ def _new_ax(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
     return fig, fig.add_subplot()
 
 
+def _middle_ellipsis(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` characters (both ends tell checkpoints apart)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 3
+    return text[:head] + "…" + text[-(width - 1 - head):]
+
+
 def colorize(values: np.ndarray, cmap: str = HEAT_CMAP, *, vmin: float | None = None,
              vmax: float | None = None) -> np.ndarray:
     """Map ``(H, W)`` values through a matplotlib colormap, min-max scaled unless given.
@@ -228,7 +236,7 @@ def plot_jaccard(labels: Sequence[str], head_means: Sequence[np.ndarray],
         vals = np.full(max_heads + 1, np.nan)
         vals[:len(hm)] = hm
         vals[-1] = mh
-        short = lab if len(lab) <= 48 else "…" + lab[-47:]
+        short = _middle_ellipsis(lab, 48)
         ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=short)
     ax.set_xticks(xs, [f"h{h}" for h in range(max_heads)] + ["mean"])
     ax.set_ylabel("Jaccard (mean over images)")
@@ -272,7 +280,7 @@ def plot_bars(categories: Sequence[str], values: Mapping[str, Sequence[float]], 
         bars = ax.barh(ys + (i - (k - 1) / 2) * height, v, height, label=key)
         ax.bar_label(bars, labels=[f"{x:.3g}" if np.isfinite(x) else "" for x in v],
                      fontsize=7, padding=2)
-    ax.set_yticks(ys, [c if len(c) <= 40 else "…" + c[-39:] for c in categories], fontsize=8)
+    ax.set_yticks(ys, [_middle_ellipsis(c, 44) for c in categories], fontsize=8)
     ax.invert_yaxis()
     ax.margins(x=0.15)
     ax.set_xlabel(xlabel)

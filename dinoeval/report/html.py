@@ -324,6 +324,7 @@ def _write_image_png(path: Path, original: np.ndarray, runs: Sequence[AttentionR
 _EVAL_TITLES = {"knn": "k-NN classification", "linear": "Linear probe",
                 "collapse": "Collapse statistics", "attention": "Attention-mask Jaccard"}
 _ROWS = ("backbone", "arch", "feature")
+_NOT_SCORES = {"best_head"}  # indices, not scores: neither plotted nor highlighted
 
 
 def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | None = None) -> Path:
@@ -445,7 +446,8 @@ def _table_html(table: pd.DataFrame, *, highlight_max: bool = False) -> str:
         cells = [f"<td class=name>{html.escape(str(v))}</td>" for v in keys]
         for c, v in zip(cols, row, strict=True):
             num = isinstance(v, int | float | np.number) and not isinstance(v, bool)
-            is_best = best is not None and num and np.isfinite(v) and v == best.get(c)
+            is_best = (best is not None and num and np.isfinite(v) and v == best.get(c)
+                       and not set(map(str, c if isinstance(c, tuple) else (c,))) & _NOT_SCORES)
             text = (f"{v:.4g}" if num and np.isfinite(v) else "–" if num
                     else html.escape(str(v)))
             cls = " class=best" if is_best else "" if num else " class=name"
@@ -479,11 +481,12 @@ def _eval_section(name: str, sub: pd.DataFrame) -> str:
 
 
 def _eval_plots(name: str, sub: pd.DataFrame) -> list[str]:
-    sub = sub[np.isfinite(sub["value"].astype(float))]
+    sub = sub[np.isfinite(sub["value"].astype(float))
+              & ~sub["metric"].astype(str).isin(_NOT_SCORES)]
     if sub.empty:
         return []
-    series = ["backbone", "feature"] + [c for c in ("dataset",)
-                                        if sub[c].astype(str).nunique() > 1]
+    series = ["backbone"] + [c for c in ("feature", "dataset")
+                             if sub[c].astype(str).nunique() > 1]
     out = []
     metrics = list(dict.fromkeys(sub["metric"].astype(str)))
     params_numeric = sub["param"].astype(str).map(lambda p: np.isfinite(_param_key(p)[0]))
