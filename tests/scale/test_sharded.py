@@ -98,3 +98,13 @@ def test_more_ranks_than_batches_gives_empty_shards(backbone, tmp_path):
            for r in range(4)]
     assert out[:3] == [None] * 3
     assert np.array_equal(np.asarray(out[3].features), ref)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_shards_match_single_process(backbone, tmp_path):
+    src = make_source(n=64)
+    ref = extract_features(backbone, src, batch_size=16, device="cuda", precision="bf16").features
+    for r in range(2):
+        fs = extract_sharded(backbone, src, cache_dir=tmp_path, rank=r, world_size=2,
+                             batch_size=16, device="cuda", precision="bf16")
+    np.testing.assert_allclose(np.asarray(fs.features), ref, rtol=1e-2, atol=1e-2)
