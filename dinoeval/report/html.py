@@ -27,7 +27,14 @@ from dinoeval.report import figures as F
 if TYPE_CHECKING:
     from dinoeval.eval.attention_runner import AttentionRun
 
-_CARD_PX, _CARD_GAP = 118, 8  # attention cards: minimum width and gap (CSS .tiles)
+_CARD_PX, _CARD_GAP = 118, 8  # attention cards: minimum width of a square image's, and gap
+
+
+def _card_px(shape: tuple[int, ...]) -> int:
+    """Card width for an ``(H, W)`` image: wider for wide images, narrower for tall ones, so the
+    tiles keep a readable size whatever the aspect ratio."""
+    aspect = shape[1] / shape[0]
+    return int(np.clip(round(_CARD_PX * aspect ** 0.5), 90, 240))
 
 CSS = """
 :root { --fg:#1d232b; --muted:#5f6b7a; --line:#e2e6eb; --bg:#f6f7f9; --card:#fff;
@@ -63,8 +70,9 @@ img.plot { max-width:100%; height:auto; display:block; margin:6px 0; }
 .ckpt { border-top:1px solid var(--line); padding:8px 0 4px; max-width:100%; flex:0 1 auto; }
 .ckpt-name { font-weight:600; font-size:13px; margin-bottom:6px; overflow-wrap:anywhere; }
 .ckpt-name span { font-weight:400; color:var(--muted); }
-.tiles { display:grid; grid-template-columns:repeat(auto-fill, minmax(118px, 1fr)); gap:8px; }
-@media (max-width: 700px) { .tiles { grid-template-columns:repeat(auto-fill, minmax(96px, 1fr)); } }
+.tiles { display:grid; gap:8px;
+         grid-template-columns:repeat(auto-fill, minmax(min(var(--card, 118px), 100%), 1fr)); }
+@media (max-width: 700px) { .tiles { --card:96px; } }
 figure.card { margin:0; background:#fafbfc; border:1px solid var(--line); border-radius:6px;
               padding:4px; min-width:0; }
 figure.card.mean { border-color:var(--accent); }
@@ -197,6 +205,10 @@ def _attention_settings(runs: Sequence[AttentionRun], labels: Sequence[str], dat
     swatch = ("background:linear-gradient(90deg," + ",".join(
         "rgb({},{},{})".format(*c) for c in F.colorize(np.linspace(0, 1, 8)[None])[0]) + ")")
     mask_rgb = "rgb({},{},{})".format(*F.MASK_COLOR)
+    data_line = f"<p class=muted>Data: {html.escape(data)}</p>" if data else ""
+    jaccard_note = ("<span>J = Jaccard (IoU) of the mask with the ground-truth foreground</span>"
+                    if any(r.jaccard is not None for r in runs) else
+                    "<span>no ground truth: maps are drawn, not scored</span>")
     return (
         "<section><h2>Settings</h2><div class=scroll><table class=tbl><tr>"
         "<th class=name>checkpoint</th><th class=name>arch</th><th class=name>hash</th>"
@@ -206,8 +218,7 @@ def _attention_settings(runs: Sequence[AttentionRun], labels: Sequence[str], dat
         "low → high)</span>"
         f"<span><span class=swatch style=\"background:{mask_rgb};width:24px\"></span>mask: the "
         "fewest patches holding the kept attention mass (outlined; the rest dimmed)</span>"
-        "<span>J = Jaccard (IoU) of the mask with the ground-truth foreground</span>"
-        f"</div>{'<p class=muted>Data: ' + html.escape(data) + '</p>' if data else ''}</section>")
+        f"{jaccard_note}</div>{data_line}</section>")
 
 
 def _jaccard_section(runs: Sequence[AttentionRun], labels: Sequence[str],
@@ -283,9 +294,10 @@ def _image_section(i: int, caption: str, original: np.ndarray, runs: Sequence[At
         score = (f" · J(mean of heads) <span class=score>{r.jaccard.mean_heads[i]:.3f}</span>"
                  if r.jaccard is not None else "")
         # As wide as its cards need, so checkpoints with few heads sit side by side.
-        width = len(ts) * (_CARD_PX + _CARD_GAP) - _CARD_GAP
-        parts.append(f"<div class=ckpt style=\"width:{width}px\"><div class=ckpt-name>"
-                     f"{html.escape(lab)} "
+        card = _card_px(r.images[i].shape)
+        width = len(ts) * (card + _CARD_GAP) - _CARD_GAP
+        parts.append(f"<div class=ckpt style=\"width:{width}px;--card:{card}px\">"
+                     f"<div class=ckpt-name>{html.escape(lab)} "
                      f"<span>{html.escape(r.arch)} · block {r.block}{score}</span></div>"
                      "<div class=tiles>")
         for name, heat, mask, j in ts:
