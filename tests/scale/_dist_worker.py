@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from dinoeval.cli import app
 from dinoeval.eval.knn_ooc import fixed_bytes, knn_classify_distributed
 from dinoeval.features.sharded import extract_sharded
 from dinoeval.models import load_backbone
@@ -31,6 +32,10 @@ def main() -> None:
                                    data["qx"] if rank == 0 else None,
                                    data["qy"] if rank == 0 else None, ks=(1, 5, 20),
                                    max_memory=fixed_bytes(60, 16, 20) + 200 * 16 * 8)  # 200-row blocks
+    # the CLI inside the same torchrun group: distributed k-NN on the merged cache
+    app(["knn-bank", "--train-feats", str(work / "cache"), "--val-feats", str(work / "cache"),
+         "--k", "5", "--max-memory", "16GB", "--out", str(work / "cli.csv")],
+        standalone_mode=False)
     np.save(work / f"feats{rank}.npy", np.asarray(fs.features))
     np.save(work / f"pred{rank}.npy", np.stack([res.predictions[k] for k in (1, 5, 20)]))
     dist.destroy_process_group()

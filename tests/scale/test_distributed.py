@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -41,3 +42,8 @@ def test_torchrun_two_gloo_ranks(tmp_path, tiny_vit):
         for j, k in enumerate((1, 5, 20)):
             assert np.array_equal(got[j], want.predictions[k])
     assert not list((tmp_path / "cache").glob("*.shards"))  # shards merged and removed
+    df = pd.read_csv(tmp_path / "cli.csv")  # written by rank 0 only
+    src = make_source(n=37)
+    cli_ref = knn_classify(ref, src.labels, ref, src.labels, ks=(5,))
+    assert len(df) == 2
+    assert df[df.metric == "top1"].value.iloc[0] == pytest.approx(cli_ref.top1[5])
