@@ -1,0 +1,139 @@
+"""``dinoeval demo``: end to end on a reduced size, the summary and the target checks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from dinoeval.cli import app
+from dinoeval.demo import DemoConfig, TargetCheck, check_targets, run_demo, summarize
+from dinoeval.models import ViTArch, build_vit
+from dinoeval.results import COLUMNS, Context, Row, read_results, to_frame
+
+SMALL_TRAIN = "shapes:train@n=96,size=32"
+SMALL_TEST = "shapes:test@n=48,size=32"
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path: Path, seed: int) -> Path:
+    arch = ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=(32, 32))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_vit(arch)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _small(ckpt: Path, **kw: object) -> DemoConfig:
+    return DemoConfig(ckpt=str(ckpt), train=SMALL_TRAIN, test=SMALL_TEST, attention_images=12,
+                      report_images=2, linear_epochs=2, knn_ks=(5, 10), knn_k=10, **kw)
+
+
+def test_demo_runs_end_to_end_and_writes_every_file(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run_demo(_small(tiny_ckpt), out)
+    assert result.summary["backbone"].tolist() == ["DINO", "random init", "pixels"]
+    for col in ("k-NN top-1", "linear top-1", "attn Jaccard (mean of heads)"):
+        assert col in result.summary
+    # pixels have no attention; both ViTs do
+    jac = result.summary.set_index("backbone")["attn Jaccard (mean of heads)"]
+    assert math.isnan(jac["pixels"]) and 0 <= jac["DINO"] <= 1 and 0 <= jac["random init"] <= 1
+    for name in ("results.csv", "summary.csv", "results.md", "config.json", "report.html",
+                 "attention"):
+        assert result.files[name].exists(), name
+    stored = read_results(out / "results.csv")
+    assert list(stored.columns) == list(COLUMNS)
+    assert set(stored["eval"]) >= {"knn", "linear-grid", "kmeans-spherical", "collapse",
+                                   "neural_collapse", "attention"}
+    md = (out / "results.md").read_text()
+    assert "k-NN top-1" in md and "Targets" in md
+    assert len(result.targets) == 3
+
+
+def test_demo_command_prints_the_table_and_targets(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, [
+        "demo", "--ckpt", str(tiny_ckpt), "--train", SMALL_TRAIN, "--test", SMALL_TEST,
+        "--attention-images", "0", "--linear-epochs", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "k-NN top-1" in res.output and "random init" in res.output
+    assert "vs pixels" in res.output
+    assert (out / "results.csv").exists() and not (out / "attention").exists()
+
+
+def test_demo_command_rejects_unknown_data_with_exit_code_2(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["demo", "--data", "imagenet", "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "shapes" in res.output
+
+
+def test_demo_command_names_a_missing_checkpoint(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["demo", "--ckpt", str(tmp_path / "nope.pth"),
+                                   "--train", SMALL_TRAIN, "--test", SMALL_TEST,
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 2
+
+
+def _rows(spec: str, knn: float, jaccard: float | None) -> pd.DataFrame:
+    rows = [Row("knn", "top1", knn, "k=20", 10), Row("knn", "top1", 0.0, "k=10", 10)]
+    if jaccard is not None:
+        rows.append(Row("attention", "jaccard", jaccard, "head=mean", 10))
+    return to_frame(rows, Context(spec, "h", "a", "shapes", "test", "cls"))
+
+
+def test_summary_picks_the_headline_k_and_targets_use_it() -> None:
+    frame = pd.concat([_rows("ck", 0.60, 0.50), _rows("random:ck", 0.40, 0.30),
+                       _rows("pixels", 0.52, None)], ignore_index=True)
+    summary = summarize(frame, {"ck": "DINO", "random:ck": "random init", "pixels": "pixels"})
+    assert summary["k-NN top-1"].tolist() == [0.60, 0.40, 0.52]
+    checks = {t.name: t for t in check_targets(summary)}
+    over_random = checks["DINO k-NN top-1 vs random init + 0.15"]
+    assert over_random.passed and over_random.threshold == pytest.approx(0.55)
+    over_pixels = checks["DINO k-NN top-1 vs pixels + 0.10"]
+    assert not over_pixels.passed and over_pixels.threshold == pytest.approx(0.62)
+    jac = checks["DINO attention Jaccard vs random init + 0.15"]
+    assert jac.passed and jac.threshold == pytest.approx(0.45)
+
+
+def test_target_check_text_says_pass_or_miss() -> None:
+    assert TargetCheck("x", 0.5, 0.4).text().startswith("PASS")
+    assert TargetCheck("x", 0.3, 0.4).text().startswith("MISS")
+
+
+def test_compact_checkpoint_keeps_the_teacher_and_drops_the_rest(tmp_path: Path,
+                                                                 seed: int) -> None:
+    from dinoeval.demo import compact_checkpoint
+    from dinoeval.models import load_backbone
+
+    arch = ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=(32, 32))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = {f"backbone.{k}": v for k, v in build_vit(arch).state_dict().items()}
+        student = {f"module.{k}": v + 1 for k, v in teacher.items()}
+    full = {"student": student, "teacher": teacher, "optimizer": {"state": {}},
+            "dino_loss": {"center": torch.zeros(1, 16)}, "epoch": 3,
+            "config": {"num_heads": 2, "arch": "vit_tiny"}}
+    torch.save(full, tmp_path / "full.pth")
+    small = compact_checkpoint(tmp_path / "full.pth", tmp_path / "small.pth")
+    assert small.stat().st_size < 0.4 * (tmp_path / "full.pth").stat().st_size
+    a = load_backbone(str(tmp_path / "full.pth"))
+    b = load_backbone(str(small))
+    assert a.arch == b.arch and b.center is not None and b.meta["epoch"] == 3
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        torch.testing.assert_close(b.model(x), a.model(x), atol=2e-2, rtol=2e-2)
+
+
+def test_fashion_mnist_target_is_strictly_above_pixels() -> None:
+    frame = pd.concat([_rows("ck", 0.80, None), _rows("random:ck", 0.70, None),
+                       _rows("pixels", 0.80, None)], ignore_index=True)
+    summary = summarize(frame, {"ck": "DINO", "random:ck": "random init", "pixels": "pixels"})
+    (check,) = check_targets(summary, "fashion-mnist")
+    assert check.name == "DINO k-NN top-1 above pixels" and not check.passed
