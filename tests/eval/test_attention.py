@@ -227,6 +227,16 @@ def test_explicit_attention_rejects_bad_sizes_and_blocks():
         cls_attention(model, torch.zeros(1, 3, 16, 16), num_prefix_tokens=3)
 
 
+@pytest.mark.gpu
+def test_explicit_attention_on_cuda_matches_cpu():
+    model, prefix = _vit(reg_tokens=1)
+    x = torch.randn(4, 3, 16, 20, generator=torch.Generator().manual_seed(4))
+    cpu = cls_attention(model, x, num_prefix_tokens=prefix)
+    gpu = cls_attention(model.cuda(), x.cuda(), num_prefix_tokens=prefix)
+    # cuDNN may run the patch-embedding convolution in TF32.
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-3, atol=2e-4)
+
+
 def test_prepare_image_crops_centre_or_pads():
     img = np.arange(30 * 45 * 3, dtype=np.int64).reshape(30, 45, 3)
     crop = prepare_image(img, 8, fit="crop")
