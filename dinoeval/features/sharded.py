@@ -323,8 +323,8 @@ def extract_sharded(
         if rank == 0:
             try:
                 merge_shards(cache_dir, meta, world_size)
-            except DinoevalError as e:
-                err = str(e)
+            except Exception as e:  # every rank must hear about it, or the others would hang
+                err = str(e) if isinstance(e, DinoevalError) else f"merging shards failed: {e!r}"
         box = [err]
         dist.broadcast_object_list(box, src=0)
         if box[0] is not None:
