@@ -16,7 +16,7 @@ Each runner resolves a backbone spec and data specs, extracts (or reads cached) 
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -134,19 +134,16 @@ def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
     fte = get_features(backbone, val_src, extract_opts, progress)
     on_epoch = None
     if progress is not None and config.mode == "grid":
-        on_epoch = progress(f"linear heads ({len(config.learning_rates)} lr x "
-                            f"{len(config.weight_decays)} wd)", config.epochs * (2 if config.refit
-                                                                                 else 1))
-        done = [0]
+        update = progress(f"linear heads ({len(config.learning_rates)} lr x "
+                          f"{len(config.weight_decays)} wd)",
+                          config.epochs * (2 if config.refit else 1))
+        epochs_done = itertools.count(1)
 
-        def _tick(_: int) -> None:
-            done[0] += 1
-            on_epoch_cb(done[0])
+        def on_epoch(_: int) -> None:
+            update(next(epochs_done))
 
-        on_epoch_cb, on_epoch = on_epoch, _tick
-    n_cls = max(len(train_src.classes), len(val_src.classes)) or None
     result = linear_probe(ftr.features, _labelled(ftr, "a linear probe"), fte.features,
-                          _labelled(fte, "a linear probe"), config=config, num_classes=n_cls,
+                          _labelled(fte, "a linear probe"), config=config,
                           device=extract_opts.device, on_epoch=on_epoch)
     frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature),
                      seconds=time.perf_counter() - t0)
@@ -175,43 +172,38 @@ def run_clusters(ckpt: str, data: str | ImageSource, *,
 # ------------------------------------------------------------------------------ collapse-stats
 
 
-class AugmentedSource(ImageSource):
-    """``indices`` of ``base`` under a seeded random augmentation, for alignment pairs.
+def augmented_pair_features(backbone: Backbone, source: ImageSource, indices: np.ndarray,
+                            kind: str, *, seed: int, batch_size: int = 128,
+                            device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Features of two random augmentations of each image ``indices`` of ``source``.
 
-    Per image (deterministic in ``(seed, view, i)``): random resized crop (scale 0.4–1, aspect
-    3/4–4/3) back to the native size, horizontal flip with probability 1/2, brightness and
-    contrast jitter (factors in 0.6–1.4).
+    The augmentations are DINO's two global views (:class:`pretrain.augment.MultiCrop`: random
+    resized crop of scale 0.4–1 with flips, colour jitter, grayscale, blur, solarisation), at
+    the backbone's input size, seeded by ``seed``.
+
+    Returns:
+        ``(view1 (P, D), view2 (P, D))`` float32, row i of each from the same image.
     """
+    from dinoeval.features import forward_features
+    from pretrain.augment import MultiCrop
 
-    def __init__(self, base: ImageSource, indices: np.ndarray, *, seed: int, view: int) -> None:
-        self.base, self.indices, self.seed, self.view = base, indices, seed, view
-        self.spec = f"{base.spec}#aug{view}"
-        self.name, self.split, self.classes = base.name, base.split, base.classes
-        self.labels = base.labels[indices]
-        self.grayscale, self.native_size = base.grayscale, base.native_size
-
-    def load(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        img = self.base.load(int(self.indices[index]))
-        rng = np.random.default_rng([self.seed, self.view, int(index)])
-        h, w = img.shape[:2]
-        area = h * w * rng.uniform(0.4, 1.0)
-        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        ch = int(min(h, max(1, round(np.sqrt(area / ratio)))))
-        cw = int(min(w, max(1, round(np.sqrt(area * ratio)))))
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = Image.fromarray(img[top : top + ch, left : left + cw])
-        out = np.asarray(crop.resize((w, h), Image.BILINEAR), dtype=np.float32)
-        if rng.random() < 0.5:
-            out = out[:, ::-1]
-        mean = out.mean()
-        out = (out - mean) * rng.uniform(0.6, 1.4) + mean * rng.uniform(0.6, 1.4)
-        return np.clip(out, 0, 255).astype(np.uint8)
-
-    def fingerprint(self) -> str:
-        blob = f"{self.base.fingerprint()}|aug-v1|{self.seed}|{self.view}".encode()
-        return hashlib.blake2b(blob + self.indices.tobytes(), digest_size=8).hexdigest()
+    size = (backbone.img_size or source.native_size or (224, 224))[0]
+    pixels = backbone.kind == "pixels"
+    crops = MultiCrop(global_size=size, local_size=size, local_number=0,
+                      mean=(0.0, 0.0, 0.0) if pixels else backbone.mean,
+                      std=(1.0, 1.0, 1.0) if pixels else backbone.std)
+    gen = torch.Generator().manual_seed(seed)
+    step = batch_size if source.native_size is not None else 1  # stack only equal sizes
+    if backbone.model is not None:
+        backbone.model.to(device)
+    out: list[np.ndarray] = [], []
+    for s in range(0, len(indices), step):
+        imgs = torch.as_tensor(np.stack([source.load(int(i)) for i in indices[s : s + step]]))
+        views, _ = crops(imgs, gen)
+        f = forward_features(backbone, views.to(device), kind).float().cpu().numpy()
+        out[0].append(f[: len(imgs)])
+        out[1].append(f[len(imgs) :])
+    return np.concatenate(out[0]), np.concatenate(out[1])
 
 
 def _head_pass(head: torch.nn.Module, cls_features: np.ndarray, *, batch: int, device: str,
@@ -291,16 +283,17 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
         labels = np.unique(labels, return_inverse=True)[1]
         notes.append("labels absent from the data were dropped (classes renumbered)")
 
-    pairs = None
+    pair_idx = None
     if config.align_pairs > 0:
         rng = np.random.default_rng(config.seed)
-        idx = np.sort(rng.choice(len(src), min(len(src), config.align_pairs), replace=False))
-        pairs = tuple(AugmentedSource(src, idx, seed=config.seed, view=v) for v in (1, 2))
+        pair_idx = np.sort(rng.choice(len(src), min(len(src), config.align_pairs),
+                                      replace=False))
 
     def views(opts: ExtractOptions) -> tuple[np.ndarray, np.ndarray] | None:
-        if pairs is None:
+        if pair_idx is None:
             return None
-        return tuple(get_features(backbone, p, opts, progress).features for p in pairs)
+        return augmented_pair_features(backbone, src, pair_idx, opts.feature, seed=config.seed,
+                                       batch_size=opts.batch_size, device=opts.device)
 
     ctx = context_for(backbone, src, extract_opts.feature)
     frames = [to_frame(_feature_stats(fs.features, labels, views(extract_opts), config, notes),

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from dinoeval.cli import app
-from dinoeval.eval.stats_runner import CollapseConfig, run_collapse_stats
-from dinoeval.models import DINOHead
+from dinoeval.data import get_source
+from dinoeval.eval.stats_runner import (
+    CollapseConfig,
+    augmented_pair_features,
+    run_collapse_stats,
+)
+from dinoeval.models import DINOHead, load_backbone
 from dinoeval.results import COLUMNS
 
 runner = CliRunner()
@@ -106,6 +112,18 @@ def test_identical_teacher_and_student_have_zero_kl(tmp_path, tiny_vit):
     head = run.results["dino_head"]
     assert head.kl == pytest.approx(0.0, abs=1e-9)
     assert head.n == 40 and head.num_prototypes == K
+
+
+def test_augmented_pairs_are_seeded_views_of_the_same_images():
+    src, bb = get_source("digits:test[:16]"), load_backbone("pixels")
+    a1, a2 = augmented_pair_features(bb, src, np.arange(16), "cls", seed=0, batch_size=5)
+    b1, _ = augmented_pair_features(bb, src, np.arange(16), "cls", seed=0, batch_size=5)
+    assert a1.shape == a2.shape == (16, 8 * 8 * 3)
+    np.testing.assert_array_equal(a1, b1)  # seeded
+    assert not np.allclose(a1, a2)
+    z1, z2 = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a1, a2))
+    sims = z1 @ z2.T
+    assert np.diag(sims).mean() > sims[~np.eye(16, dtype=bool)].mean()  # pairs stay related
 
 
 @pytest.mark.parametrize(("args", "msg"), [
