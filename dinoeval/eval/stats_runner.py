@@ -6,7 +6,8 @@ Each runner resolves a backbone spec and data specs, extracts (or reads cached) 
 
 ``collapse-stats`` looks in several places (the ``feature`` column of its rows says which):
 
-* ``<kind>`` — the backbone features (``cls``, ``cls-last4``, ...);
+* ``<kind>`` — the backbone features (``cls``, ``cls-last4``, ...; the alignment uses DINO's two
+  global augmentations of a seeded sample of the images);
 * ``head-bottleneck`` — the DINO head's L2-normalised bottleneck of the CLS token, when the
   checkpoint carries the head;
 * ``head-prototypes`` — the K-way prototype output: DINO's collapse monitors (teacher entropy,
@@ -286,8 +287,8 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
     pair_idx = None
     if config.align_pairs > 0:
         rng = np.random.default_rng(config.seed)
-        pair_idx = np.sort(rng.choice(len(src), min(len(src), config.align_pairs),
-                                      replace=False))
+        pair_idx = np.sort(rng.choice(fs.indices, min(len(fs), config.align_pairs),
+                                      replace=False))  # readable images only
 
     def views(opts: ExtractOptions) -> tuple[np.ndarray, np.ndarray] | None:
         if pair_idx is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.clusters import cluster_agreement, cluster_scores, kmeans
@@ -85,3 +87,15 @@ def test_bad_input_raises_a_clear_error(seed):
         kmeans(np.ones((3, 2), dtype=np.float32), 5)
     with pytest.raises(DinoevalError, match="equal-length"):
         cluster_agreement(np.zeros(3), np.zeros(4))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 5), st.integers(2, 6), st.integers(0, 2**32 - 1))
+def test_agreement_is_invariant_to_any_relabelling_and_sample_order(c, k, seed):
+    rng = np.random.default_rng(seed)
+    y, p = rng.integers(0, c, 60), rng.integers(0, k, 60)
+    order = rng.permutation(60)
+    a = cluster_agreement(y, p)
+    b = cluster_agreement(rng.permutation(c)[y][order], (rng.permutation(k) + 7)[p][order])
+    assert (a.nmi, a.ari, a.accuracy, a.purity) == pytest.approx((b.nmi, b.ari, b.accuracy,
+                                                                   b.purity))
