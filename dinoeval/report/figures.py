@@ -248,22 +248,32 @@ def plot_jaccard(labels: Sequence[str], head_means: Sequence[np.ndarray],
 
 def plot_lines(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray], *, xlabel: str = "",
                ylabel: str = "", title: str = "", logx: bool = False, ax: Any = None) -> Any:
-    """One line per key of ``y`` (``x[key]`` the matching abscissae); NaNs are skipped."""
-    fig, ax = _new_ax(ax, (5.6, 3.2))
+    """One line per key of ``y`` (``x[key]`` the matching abscissae); NaNs are skipped.
+
+    With ``logx`` and few distinct abscissae (k-NN's k), the ticks are those values."""
+    fig, ax = _new_ax(ax, (5.6, 3.0 + (0.18 * len(y) if len(y) > 1 else 0)))
     for key, yy in y.items():
         xx = np.asarray(x[key], dtype=float)
         yy = np.asarray(yy, dtype=float)
         ok = np.isfinite(xx) & np.isfinite(yy)
-        ax.plot(xx[ok], yy[ok], marker="o" if ok.sum() <= 30 else None, ms=3, label=key)
+        ax.plot(xx[ok], yy[ok], marker="o" if ok.sum() <= 30 else None, ms=3,
+                label=_middle_ellipsis(key, 60))
     if logx:
         ax.set_xscale("log")
+        ticks = np.unique(np.concatenate([np.asarray(v, dtype=float) for v in x.values()]))
+        ticks = ticks[np.isfinite(ticks) & (ticks > 0)]
+        if 0 < len(ticks) <= 8:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if len(y) > 1:
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(fontsize=7.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return fig
 
 
@@ -272,7 +282,7 @@ def plot_bars(categories: Sequence[str], values: Mapping[str, Sequence[float]], 
     """Horizontal grouped bars (long names stay readable): one group per category, one bar per
     key of ``values``; the value is written at the end of each bar."""
     n, k = len(categories), len(values)
-    fig, ax = _new_ax(ax, (4.6 + (1.0 if k > 1 else 0.0), 0.9 + 0.3 * n * max(1, k) ** 0.7))
+    fig, ax = _new_ax(ax, (5.6 + (1.0 if k > 1 else 0.0), 0.9 + 0.3 * n * max(1, k) ** 0.7))
     height = 0.8 / max(1, k)
     ys = np.arange(n)
     for i, (key, vals) in enumerate(values.items()):

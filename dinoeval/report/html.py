@@ -58,6 +58,9 @@ table.tbl th, table.tbl td { border-bottom:1px solid var(--line); padding:4px 9p
 table.tbl th { background:#f0f3f6; font-weight:600; }
 table.tbl th[colspan] { text-align:center; }
 table.tbl td.name, table.tbl th.name { text-align:left; }
+table.tbl td.name { white-space:normal; overflow-wrap:anywhere; max-width:420px;
+                    min-width:12ch; }
+table.tbl td.name:first-child { min-width:26ch; }
 table.tbl td.best { background:var(--good); font-weight:600; }
 img.plot { max-width:100%; height:auto; display:block; margin:6px 0; }
 .plots { display:flex; flex-wrap:wrap; gap:10px; }
@@ -413,9 +416,27 @@ def _param_key(p: str) -> tuple[float, str]:
     return (float(m.group()) if m else float("inf"), str(p))
 
 
+def short_backbone(spec: str) -> str:
+    """A table-sized backbone name: a long path keeps its last two parts (``random:`` kept)."""
+    prefix, _, rest = spec.rpartition(":") if re.match(r"^[a-z]+:/", spec) else ("", "", spec)
+    parts = Path(rest).parts
+    if len(parts) <= 2 or len(spec) <= 32:
+        return spec
+    return f"{prefix + ':' if prefix else ''}…/{'/'.join(parts[-2:])}"
+
+
+def _shorten_backbones(df: pd.DataFrame) -> pd.DataFrame:
+    """Short backbone names, unless two backbones would share one."""
+    specs = df["backbone"].astype(str).unique()
+    short = {s: short_backbone(s) for s in specs}
+    if len(set(short.values())) < len(specs):
+        return df
+    return df.assign(backbone=df["backbone"].astype(str).map(short))
+
+
 def _wide(sub: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Pivot: rows ``backbone/arch/feature`` (+ dataset/split when they vary), latest values."""
-    sub = _latest(sub)
+    sub = _shorten_backbones(_latest(sub))
     rows = list(_ROWS) + [c for c in ("dataset", "split") if sub[c].astype(str).nunique() > 1]
     cols = [c for c in columns if sub[c].astype(str).nunique() > 1] or [columns[0]]
     wide = sub.assign(param=sub["param"].astype(str)).pivot_table(
@@ -492,17 +513,20 @@ def _eval_section(name: str, sub: pd.DataFrame) -> str:
     return head + tables + f"<div class=plots>{''.join(plots)}</div></section>"
 
 
+_ONE_NUMBER = re.compile(r"^[A-Za-z_]\w*=-?\d+(\.\d+)?(e-?\d+)?$")  # k=20, not lr=1,wd=0
+
+
 def _eval_plots(name: str, sub: pd.DataFrame) -> list[str]:
-    sub = sub[np.isfinite(sub["value"].astype(float))
-              & ~sub["metric"].astype(str).isin(_NOT_SCORES)]
+    sub = _shorten_backbones(sub[np.isfinite(sub["value"].astype(float))
+                                 & ~sub["metric"].astype(str).isin(_NOT_SCORES)])
     if sub.empty:
         return []
     series = ["backbone"] + [c for c in ("feature", "dataset")
                              if sub[c].astype(str).nunique() > 1]
     out = []
     metrics = list(dict.fromkeys(sub["metric"].astype(str)))
-    params_numeric = sub["param"].astype(str).map(lambda p: np.isfinite(_param_key(p)[0]))
-    if name == "knn" or (sub["param"].astype(str).nunique() > 2 and params_numeric.all()):
+    params_numeric = sub["param"].astype(str).map(lambda p: bool(_ONE_NUMBER.match(p)))
+    if params_numeric.all() and (name == "knn" or sub["param"].astype(str).nunique() > 2):
         for metric in metrics[:4]:
             m = sub[sub["metric"].astype(str) == metric]
             if m["param"].astype(str).nunique() < 2:
@@ -522,8 +546,13 @@ def _eval_plots(name: str, sub: pd.DataFrame) -> list[str]:
     # Bars: one small chart per metric (metrics have different scales).
     for metric in metrics[:12]:
         m = sub[sub["metric"].astype(str) == metric]
+        if m["param"].astype(str).nunique() > 6:  # a grid (lr x wd, ...): the table says it
+            continue
         m = m.assign(_series=m[series].astype(str).agg(" · ".join, axis=1),
                      param=m["param"].astype(str))
+        if m["param"].nunique() > 1 and m.groupby("_series")["param"].nunique().max() == 1:
+            # One setting per backbone (the one a grid chose): one bar each, setting in the name.
+            m = m.assign(_series=m["_series"] + " (" + m["param"] + ")", param="")
         params = sorted(m["param"].unique(), key=_param_key)
         cats = list(dict.fromkeys(m["_series"]))
         values = {p or metric: [float(m[(m["_series"] == c) & (m["param"] == p)]["value"]

@@ -111,3 +111,30 @@ def test_results_report_handles_empty_and_rejects_foreign_tables(tmp_path, resul
     assert "The results table is empty" in text
     with pytest.raises(DinoevalError, match="missing columns"):
         write_results_report(results_frame.drop(columns=["metric"]), tmp_path / "x.html")
+
+
+def test_short_backbone_names_keep_the_prefix_and_the_last_two_parts():
+    from dinoeval.report.html import short_backbone
+
+    assert short_backbone("random:/tmp/pytest-of-root/a/b/ckpt.pth") == "random:…/b/ckpt.pth"
+    assert short_backbone("/data/experiments/run17/c/checkpoint.pth") == "…/c/checkpoint.pth"
+    assert short_backbone("runs/fm/checkpoint.pth") == "runs/fm/checkpoint.pth"
+    assert short_backbone("timm:vit_small_patch16_224") == "timm:vit_small_patch16_224"
+
+
+def test_results_report_plots_grids_and_chosen_settings_sensibly(tmp_path):
+    from dinoeval.results import Context, Row, concat, to_frame
+
+    frames = []
+    for b, lr in (("/experiments/2026-11-26/a/ckpt.pth", "lr=0.1,wd=0"),
+                  ("/experiments/2026-11-26/b/ckpt.pth", "lr=1,wd=0")):
+        ctx = Context(backbone=b, ckpt_hash="h", arch="ViT-T/4", dataset="d", split="test",
+                      feature="cls")
+        rows = [Row("linear-grid", "top1", 0.5, lr, 10)]
+        rows += [Row("linear-grid", "val_top1", 0.1 * i, f"lr={i},wd=0", 10) for i in range(9)]
+        frames.append(to_frame(rows, ctx))
+    text = write_results_report(concat(frames), tmp_path / "r.html").read_text()
+    sec = text[text.index('id="eval-linear-grid"'):]
+    # top1: one bar per backbone (its chosen setting in the label); the 9-point grid: table only.
+    assert len(_srcs(sec)) == 1
+    assert "<td class=name>…/a/ckpt.pth</td>" in sec
