@@ -75,7 +75,13 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from dinoeval.eval.knn import knn_classify
-    from dinoeval.eval.knn_ooc import BankReader, knn_classify_ooc, plan_blocks, working_budget
+    from dinoeval.eval.knn_ooc import (
+        BankReader,
+        knn_classify_ooc,
+        plan_blocks,
+        working_budget,
+        write_bank,
+    )
 
     torch.set_num_threads(args.threads)
     path = Path(args.bank)
@@ -87,6 +93,13 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
     labels = np.load(path.with_name(path.stem + ".labels.npy"))
     qx = np.load(path.with_name(path.stem + ".queries.npy"))[: args.queries]
     qy = np.load(path.with_name(path.stem + ".qlabels.npy"))[: args.queries]
+    src_path = path
+    if args.bank_dtype != "float32":
+        path = path.with_name(f"{path.stem}.{args.bank_dtype}.npy")
+        if not path.exists():
+            t0 = time.perf_counter()
+            write_bank(src_path, path, args.bank_dtype)  # streamed, L2-normalised
+            print(f"wrote {path} in {time.perf_counter() - t0:.0f} s", flush=True)
     reader = BankReader(path)
     # as `dinoeval knn-bank`: --max-memory bounds the whole process
     budget = working_budget(args.max_memory)
@@ -98,13 +111,21 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
                            num_classes=int(labels.max()) + 1)
     secs = time.perf_counter() - t0
     _, peak = rss_mb()
+    preds = {f"k{k}": res.predictions[k] for k in KS}
+    np.savez(src_path.with_name(f"{src_path.stem}.preds.{reader.storage}.{len(qx)}.npz"), **preds)
+    ref_file = src_path.with_name(f"{src_path.stem}.preds.float32.{len(qx)}.npz")
+    agree = {}
+    if reader.storage != "float32" and ref_file.exists():
+        ref = np.load(ref_file)
+        agree = {f"pred_agreement_fp32_k{k}": float(np.mean(ref[f"k{k}"] == preds[f"k{k}"]))
+                 for k in (20, 200)}
     rows = [dict(bench="knn_ooc", n_bank=len(reader), n_queries=len(qx), dim=reader.dim,
                  k=max(KS), max_memory=args.max_memory, working_budget_mb=budget / 2**20,
                  bank_dtype=reader.storage,
                  bank_gib=path.stat().st_size / 2**30, blocks=plan.n_blocks,
                  block_rows=plan.bank_rows, seconds=secs, peak_rss_mb=peak,
                  rss_before_search_mb=base_rss, top1_k20=res.top1[20], top1_k200=res.top1[200],
-                 equal_in_memory="", machine=machine(),
+                 equal_in_memory="", **agree, machine=machine(),
                  load_avg_start=load0, load_avg_end=os.getloadavg()[0])]
     print(rows[-1], flush=True)
     if args.check_rows:
@@ -158,6 +179,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--max-memory", default="1GB")
     ap.add_argument("--check-rows", type=int, default=0)
+    ap.add_argument("--bank-dtype", default="float32", help="float32 | float16 | bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", action="store_true")
     ap.add_argument("--precision-queries", type=int, default=2000)
@@ -169,8 +191,13 @@ def main() -> None:
         return
     RESULTS.mkdir(exist_ok=True)
     if not args.skip_bank:
-        rows = bench_bank(args)
-        pd.DataFrame(rows).to_csv(RESULTS / "bench_knn_ooc.csv", index=False)
+        rows = pd.DataFrame(bench_bank(args))
+        out = RESULTS / "bench_knn_ooc.csv"
+        if out.exists():  # keep the rows of other bank dtypes
+            old = pd.read_csv(out)
+            keep = ~old.bank_dtype.isin(rows.bank_dtype) | ~old.bench.isin(rows.bench)
+            rows = pd.concat([old[keep], rows], ignore_index=True)
+        rows.to_csv(out, index=False)
     if args.precision:
         pd.DataFrame(bench_precision(args)).to_csv(RESULTS / "bench_knn_precision.csv",
                                                    index=False)
