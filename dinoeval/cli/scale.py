@@ -50,19 +50,18 @@ def init_distributed(device: str) -> tuple[int, int, str, bool]:
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.startswith("cuda") and ":" not in device and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if dist.is_available() and dist.is_initialized():  # a group set up by the caller
+        return dist.get_rank(), dist.get_world_size(), device, False
     if world <= 1:
         return 0, 1, device, False
-    if device.startswith("cuda") and ":" not in device:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    created = False
-    if not dist.is_initialized():
-        if device.startswith("cuda"):
-            import torch
+    if device.startswith("cuda"):
+        import torch
 
-            torch.cuda.set_device(torch.device(device))
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        created = True
-    return dist.get_rank(), dist.get_world_size(), device, created
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, True
 
 
 def find_entry(path: str | Path) -> Path:
@@ -188,10 +187,11 @@ def extract_sharded(
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
         bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
-        created = False
+        created, in_group = False, False
         if rank is None:
             rank, world_size, device, created = init_distributed(device)
-            if world_size == 1:
+            in_group = world_size > 1
+            if not in_group:
                 rank = None  # plain single process: one shard, merged at once
                 world_size = None
         source = get_source(data)
@@ -212,7 +212,7 @@ def extract_sharded(
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
-        if rank not in (None, 0) and created:
+        if in_group and rank != 0:  # rank 0 reports for the group
             return
         if fs is None:
             console.print(f"[yellow]shard {rank} of {world_size} written; waiting for the other "
@@ -248,7 +248,7 @@ def knn_bank(
     from dinoeval.eval.knn import DEFAULT_KS
 
     with user_errors():
-        _, _, device, created = init_distributed(device)
+        rank, _, device, created = init_distributed(device)
         try:
             frame, facts = run_knn_bank(train_feats, val_feats, ks=tuple(k) if k else DEFAULT_KS,
                                         temperature=temperature, max_memory=max_memory,
@@ -257,11 +257,8 @@ def knn_bank(
             if created:
                 import torch.distributed as dist
 
-                rank = dist.get_rank()
                 dist.destroy_process_group()
-            else:
-                rank = 0
-        if rank != 0:
+        if rank != 0:  # every rank has the result; one writes it
             return
         console.print(f"[dim]{facts['n_train']} bank rows in {facts['blocks']} block(s) of "
                       f"{facts['block_rows']} per rank x {facts['world_size']} rank(s), "

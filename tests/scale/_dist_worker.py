@@ -1,6 +1,7 @@
 """Run by tests/scale/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
-argv: checkpoint, work dir. Writes rank-0 results into the work dir as .npy files.
+argv: checkpoint, work dir. Both CLI commands run inside the group torchrun set up; rank 0 writes
+the k-NN results into the work dir.
 """
 
 import sys
@@ -14,9 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinoeval.cli import app
 from dinoeval.eval.knn_ooc import fixed_bytes, knn_classify_distributed
-from dinoeval.features.sharded import extract_sharded
-from dinoeval.models import load_backbone
-from tests.conftest import make_source
 
 
 def main() -> None:
@@ -24,19 +22,18 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    fs = extract_sharded(load_backbone(ckpt), make_source(n=37), cache_dir=work / "cache",
-                         batch_size=8)
+    cache = str(work / "cache")
+    app(["extract-sharded", "--ckpt", ckpt, "--data", "digits:test[:37]", "--out", cache,
+         "--img-size", "16", "--batch-size", "8"], standalone_mode=False)
+    # distributed k-NN on the merged cache, through the CLI
+    app(["knn-bank", "--train-feats", cache, "--val-feats", cache, "--k", "5",
+         "--max-memory", "16GB", "--out", str(work / "cli.csv")], standalone_mode=False)
     data = np.load(work / "knn.npz")
     # the bank file is shared; rank 1 passes no queries (they are broadcast from rank 0)
     res = knn_classify_distributed(work / "bank.npy", data["ty"],
                                    data["qx"] if rank == 0 else None,
                                    data["qy"] if rank == 0 else None, ks=(1, 5, 20),
-                                   max_memory=fixed_bytes(60, 16, 20) + 200 * 16 * 8)  # 200-row blocks
-    # the CLI inside the same torchrun group: distributed k-NN on the merged cache
-    app(["knn-bank", "--train-feats", str(work / "cache"), "--val-feats", str(work / "cache"),
-         "--k", "5", "--max-memory", "16GB", "--out", str(work / "cli.csv")],
-        standalone_mode=False)
-    np.save(work / f"feats{rank}.npy", np.asarray(fs.features))
+                                   max_memory=fixed_bytes(60, 16, 20) + 200 * 16 * 8)
     np.save(work / f"pred{rank}.npy", np.stack([res.predictions[k] for k in (1, 5, 20)]))
     dist.destroy_process_group()
 
