@@ -9,8 +9,9 @@ scan, so the similarities are bit-identical to the in-memory
 :func:`~dinoeval.eval.knn.knn_classify`, and so are the neighbours and predictions - except where
 rows tie *exactly* at the k-th similarity: faiss's heap then keeps an arbitrary (heap-order) subset
 of them, while here the lowest bank indices win, whatever the block size or the number of ranks.
-That only changes a prediction when the tied rows carry different labels (duplicate images with
-conflicting labels).
+That changes a prediction only when the tied rows carry different labels: duplicate images, or
+(measured on a random-init ViT whose features sit near cos = 1) distinct rows whose float32
+similarities coincide; there the out-of-core result is the deterministic one.
 
 The bank may be stored as float16 or bfloat16 (bfloat16 is kept in ``.npy`` as its uint16 bit
 pattern) to halve the bytes read; :func:`precision_effect` measures what that costs in accuracy.
