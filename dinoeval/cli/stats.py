@@ -65,7 +65,7 @@ def linear(
     wd: Annotated[list[float] | None, typer.Option(
         "--wd", help="Weight decays; repeat. Default: 0, 1e-4, 1e-3.")] = None,
     c: Annotated[list[float] | None, typer.Option(
-        "--c", help="logreg inverse regularisation C; repeat. Default: 1e-4 .. 1.")] = None,
+        "--c", help="logreg inverse regularisation C; repeat. Default: 7 from 1e-4 to 1.")] = None,
     epochs: Annotated[int, typer.Option(help="SGD epochs over the cached features.")] = 10,
     val_fraction: Annotated[float, typer.Option(
         help="Share of each train class held out to pick the setting.")] = 0.1,

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # cached features the smallest rates never win within 10 epochs and the best sit near 0.01-0.05.
 DEFAULT_LRS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3)
-DEFAULT_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+DEFAULT_CS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +68,7 @@ class LinearProbeConfig:
     batch_size: int = 1024
     momentum: float = 0.9
     cs: tuple[float, ...] = DEFAULT_CS
-    max_iter: int = 300
+    max_iter: int = 100
     val_fraction: float = 0.1
     standardize: bool = True
     refit: bool = True
