@@ -160,7 +160,8 @@ def short_label(spec: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 1 else spec
 
 
-def _resize(image: np.ndarray, shorter: int, *, nearest: bool) -> np.ndarray:
+def _resize(image: np.ndarray, shorter: int) -> np.ndarray:
+    """Resize so the shorter side is ``shorter``: bicubic for images, nearest for bool masks."""
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -171,8 +172,7 @@ def _resize(image: np.ndarray, shorter: int, *, nearest: bool) -> np.ndarray:
     if image.dtype == bool:
         im = Image.fromarray(image.astype(np.uint8) * 255)
         return np.asarray(im.resize(size, Image.NEAREST)) > 127
-    method = Image.NEAREST if nearest else Image.BICUBIC
-    return np.asarray(Image.fromarray(image).resize(size, method))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
 
 
 def resolve_resize(backbone: Backbone, config: AttentionConfig) -> int | None:
@@ -206,9 +206,9 @@ def prepare(source: ImageSource, indices: Sequence[int], *, patch_size: int, res
     for i in indices:
         raw = source.load(int(i))
         target = provider(int(i), raw) if provider is not None else None
-        img = raw if resize is None else _resize(raw, resize, nearest=False)
+        img = raw if resize is None else _resize(raw, resize)
         if target is not None and resize is not None:
-            target = _resize(target, resize, nearest=True)
+            target = _resize(target, resize)
         try:
             img = prepare_image(img, patch_size, fit=fit)
         except ValueError as err:
