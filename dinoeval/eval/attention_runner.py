@@ -247,7 +247,9 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
     if backbone.kind != "vit" or backbone.model is None:
         raise DinoevalError(f"{backbone.spec} has no attention; pass a ViT checkpoint, "
                             "random:ARCH or timm:NAME")
-    model = backbone.model.eval()
+    model = backbone.to(config.device).model
+    assert model is not None
+    model.eval()
     depth = len(model.blocks)
     if not -depth <= config.block < depth:
         raise DinoevalError(f"--block {config.block} out of range for {backbone.name} "

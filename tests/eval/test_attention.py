@@ -327,6 +327,20 @@ def test_runner_draws_files_without_ground_truth(tmp_path):
     assert run.masks[0].attn.shape == (4, 5, 8) and run.masks[1].attn.shape == (4, 4, 4)
 
 
+@pytest.mark.gpu
+def test_runner_on_cuda_moves_the_model_and_matches_cpu():
+    from dinoeval.eval.attention_runner import AttentionConfig, run_attention
+
+    images = np.zeros((3, 16, 16), dtype=np.uint8)
+    images[:, 4:12, 4:12] = 255
+    src = ArraySource(images, np.zeros(3, np.int64), spec="fashion-mnist:test",
+                      name="fashion-mnist", split="test", classes=("x",))
+    model, _ = _vit()
+    cpu = run_attention(_backbone(model), src, [0, 1, 2], AttentionConfig())
+    gpu = run_attention(_backbone(model), src, [0, 1, 2], AttentionConfig(device="cuda"))
+    np.testing.assert_allclose(gpu.masks[0].attn, cpu.masks[0].attn, rtol=2e-3, atol=2e-4)
+
+
 def test_runner_rejects_pixels_and_bad_blocks():
     from dinoeval.errors import DinoevalError
     from dinoeval.eval.attention_runner import AttentionConfig, run_attention
