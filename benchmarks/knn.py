@@ -131,7 +131,7 @@ def extraction_rows(spec_backbone, source, batch_size, label):
 
     bare()  # warm-up
     t_bare, _ = timed(bare, repeat=2)
-    t_ext, fs = timed(lambda: extract_features(bb, source, batch_size=batch_size), repeat=2)
+    t_ext, _ = timed(lambda: extract_features(bb, source, batch_size=batch_size), repeat=2)
     n = len(source)
     return [dict(bench="extract", method=label, images=n, bare_img_s=n / t_bare,
                  extract_img_s=n / t_ext, ratio=(n / t_ext) / (n / t_bare))]

@@ -99,7 +99,7 @@ def weighted_vote(neighbor_sims: np.ndarray, neighbor_labels: np.ndarray, num_cl
         neighbor_sims: ``(M, k)`` cosine similarities.
         neighbor_labels: ``(M, k)`` int labels in ``[0, C)``.
     """
-    m, k = neighbor_sims.shape
+    m = neighbor_sims.shape[0]
     w = np.exp(neighbor_sims.astype(np.float64) / temperature)
     # One flat bincount over (row, class) cells: much faster than np.add.at.
     cell = (np.arange(m, dtype=np.int64)[:, None] * num_classes + neighbor_labels).reshape(-1)

@@ -29,7 +29,7 @@ def test_knn_writes_table_and_appends(tmp_path, ckpt):
     px = df[(df.backbone == "pixels") & (df.metric == "top1") & (df.param == "k=20")]
     assert px.value.iloc[0] > 0.85  # raw-pixel k-NN on digits is strong
     assert (tmp_path / "res.csv.config.json").exists()
-    r2 = runner.invoke(app, args[:-2] + ["--out", str(out)])
+    r2 = runner.invoke(app, [*args[:-2], "--out", str(out)])
     assert r2.exit_code == 0
     assert len(pd.read_csv(out)) == 16  # appended, old rows kept
 
