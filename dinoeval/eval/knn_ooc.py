@@ -110,11 +110,13 @@ def write_bank(bank: str | Path | np.ndarray, out: str | Path, dtype: str, *,
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     enc = encode_bank(np.zeros((1, reader.dim), np.float32), dtype).dtype
     try:
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=enc, shape=(len(reader), reader.dim))
-        for start, block in reader.blocks(block_rows, normalize=normalize):
-            dst[start : start + len(block)] = encode_bank(block, dtype)
-        dst.flush()
-        del dst
+        # plain writes, not a writable memmap: dirty mapped pages would count in this process's RSS
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(enc),
+                                                     "fortran_order": False,
+                                                     "shape": (len(reader), reader.dim)})
+            for _, block in reader.blocks(block_rows, normalize=normalize):
+                f.write(np.ascontiguousarray(encode_bank(block, dtype)).tobytes())
         os.replace(tmp, out)
     finally:
         if tmp.exists():
