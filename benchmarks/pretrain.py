@@ -15,8 +15,8 @@ Configs:
                       and 64 on a GPU.
 
 Run: .venv/bin/python benchmarks/pretrain.py [--device cuda] [--steps 5] [--threads 2]
-     .venv/bin/python benchmarks/pretrain.py --curve runs/fm --name fmnist
-       (a run's online k-NN curve -> results/pretrain_<name>_curve.csv)
+     .venv/bin/python benchmarks/pretrain.py --curve runs/fm [runs/fm2 ...] --name fmnist
+       (runs' online k-NN curves -> results/pretrain_<name>_curve.csv)
 The CPU here is shared with other jobs: the load average is recorded next to every row.
 """
 
@@ -148,19 +148,32 @@ def configs(device: torch.device) -> dict[str, tuple[PretrainConfig, tuple[int, 
             "vit_small_224": (vits, (vits.batch_size, 256, 256, 3))}
 
 
-def write_curve(run: Path, name: str) -> Path:
-    """k-NN-vs-steps of a run (its epochs.csv) with the epoch-mean loss statistics."""
-    ep = pd.read_csv(run / "epochs.csv")
+def write_curve(runs: list[Path], name: str) -> Path:
+    """k-NN-vs-steps of runs (their epochs.csv) with the epoch-mean loss statistics, in one long
+    table with the run's directory name and its main settings."""
+    import json
+
     cols = ["step", "epoch", "elapsed_s", "knn_top1", "knn_top5", "loss", "teacher_entropy", "kl",
             "center_norm"]
+    frames = []
+    for run in runs:
+        cfg = json.loads((run / "config.json").read_text())
+        ep = pd.read_csv(run / "epochs.csv")[cols]
+        ep.insert(0, "run", run.name)
+        ep.insert(1, "setting", f"p{cfg['patch_size']} d{cfg['embed_dim']}x{cfg['depth']} "
+                  f"K{cfg['out_dim']} lr{cfg['lr']:g} m{cfg['momentum_teacher']:g} "
+                  f"freeze{cfg['freeze_last_layer']} crops{cfg['global_crops_scale']}"
+                  f"/{cfg['local_crops_scale']} sol{cfg['solarize_p']:g}")
+        frames.append(ep)
     out = RESULTS / f"pretrain_{name}_curve.csv"
-    ep[cols].to_csv(out, index=False)
+    pd.concat(frames, ignore_index=True).to_csv(out, index=False)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--curve", type=Path, default=None, help="a run directory: write its curve")
+    ap.add_argument("--curve", type=Path, nargs="+", default=None,
+                    help="run directories: write their k-NN curves")
     ap.add_argument("--name", default="fmnist")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=5)

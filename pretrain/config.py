@@ -141,7 +141,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Fashion-MNIST on a CPU (results/pretrain_fmnist.md): a very small ViT (patch 7 -> 4x4 grid,
     # width 64, depth 2), K=256, 2x28 + 4x14 crops, 2000 steps of 64. The last layer stays frozen
     # the whole run: with it trainable, short runs drifted to the uniform collapse.
-    # 0.08 CPU-s/step: ~3 min on an idle core; 33 min measured with the 2 cores ~6x oversubscribed.
+    # 0.08 CPU-s/step: ~3 min on an idle core; 28.6 min measured with the 2 cores ~6x oversubscribed.
+    # It did NOT clearly beat random init on k-NN (see the results file): more steps are needed.
     "fmnist-cpu": dict(
         data="fashion-mnist:train", arch="vit_tiny", patch_size=7, embed_dim=64, depth=2,
         num_heads=1, drop_path=0.0, out_dim=256, head_hidden_dim=256, head_bottleneck_dim=64,
