@@ -9,8 +9,9 @@ the usual way, one PIL image at a time through torchvision transforms, on the sa
 reference the batched augmentation replaces.
 
 Configs:
-  * ``fmnist-cpu``  — the Fashion-MNIST recipe (ViT d128x3/4 at 28 px, 2x28 + 4x12 crops, K=1024,
+  * ``fmnist-cpu``  — the Fashion-MNIST recipe (ViT d64x2/7 at 28 px, 2x28 + 4x14 crops, K=256,
                       batch 64);
+  * ``vit_d128x3_p4_28px`` — a wider ViT d128x3/4 at 28 px, 2x28 + 4x12 crops, K=1024, batch 64;
   * ``vit_small_224`` — ViT-S/16 with the paper's crops (2x224 + 8x96, K=65536), batch 8 on CPU
                       and 64 on a GPU.
 
@@ -142,9 +143,13 @@ def bench_reference_aug(cfg: PretrainConfig, images: torch.Tensor, repeat: int =
 
 def configs(device: torch.device) -> dict[str, tuple[PretrainConfig, tuple[int, ...]]]:
     fm = recipe_config("fmnist-cpu").resolved((28, 28))
+    wider = recipe_config("fmnist-cpu", patch_size=4, local_size=12, embed_dim=128, depth=3,
+                          num_heads=2, out_dim=1024, head_hidden_dim=512,
+                          head_bottleneck_dim=128).resolved((28, 28))
     vits = PretrainConfig(arch="vit_small", patch_size=16, batch_size=64 if device.type == "cuda"
                           else 8, amp="bf16" if device.type == "cuda" else "none").resolved(None)
     return {"fmnist-cpu": (fm, (fm.batch_size, 28, 28)),
+            "vit_d128x3_p4_28px": (wider, (wider.batch_size, 28, 28)),
             "vit_small_224": (vits, (vits.batch_size, 256, 256, 3))}
 
 
