@@ -103,7 +103,8 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
     reader = BankReader(path)
     # as `dinoeval knn-bank`: --max-memory bounds the whole process
     budget = working_budget(args.max_memory)
-    plan = plan_blocks(len(reader), len(qx), reader.dim, max(KS), budget)
+    plan = plan_blocks(len(reader), len(qx), reader.dim, max(KS), budget,
+                       itemsize=reader.dtype.itemsize)
     base_rss, _ = rss_mb()
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
