@@ -137,3 +137,37 @@ def test_fashion_mnist_target_is_strictly_above_pixels() -> None:
     summary = summarize(frame, {"ck": "DINO", "random:ck": "random init", "pixels": "pixels"})
     (check,) = check_targets(summary, "fashion-mnist")
     assert check.name == "DINO k-NN top-1 above pixels" and not check.passed
+
+
+@pytest.mark.slow
+def test_demo_with_the_shipped_checkpoint_on_a_reduced_size(tmp_path: Path) -> None:
+    from dinoeval.demo import shipped_checkpoint
+
+    ckpt = shipped_checkpoint("shapes")
+    assert ckpt.stat().st_size < 8 * 2**20  # a few MB
+    result = run_demo(DemoConfig(train="shapes:train@n=300", test="shapes:test@n=120",
+                                 attention_images=24, report_images=2, linear_epochs=2,
+                                 knn_ks=(10, 20)), tmp_path)
+    by = result.summary.set_index("backbone")
+    assert by.loc["DINO", "arch"] == by.loc["random init", "arch"]  # the same architecture
+    assert result.frame["backbone"].iloc[0] == str(ckpt)
+    assert 0 <= by.loc["DINO", "k-NN top-1"] <= 1
+
+
+@pytest.mark.fmnist
+@pytest.mark.slow
+def test_demo_on_fashion_mnist_scores_attention_on_foreground_pixels(tmp_path: Path,
+                                                                     seed: int) -> None:
+    arch = ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=4, img_size=(28, 28))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_vit(arch)
+    ckpt = tmp_path / "fm.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    result = run_demo(DemoConfig(data="fashion-mnist", ckpt=str(ckpt),
+                                 train="fashion-mnist:train[:300]",
+                                 test="fashion-mnist:test[:100]", attention_images=10,
+                                 report_images=2, linear_epochs=1, knn_ks=(10, 20)), tmp_path)
+    assert [t.name for t in result.targets] == ["DINO k-NN top-1 above pixels"]
+    assert "attn Jaccard (mean of heads)" in result.summary
+    assert "Published baselines" in (tmp_path / "results.md").read_text()
