@@ -40,9 +40,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from pretrain.config import PretrainConfig, recipe_config  # noqa: E402
+from pretrain.data import TrainData  # noqa: E402
+from pretrain.distributed import DistEnv  # noqa: E402
 from pretrain.loop import (  # noqa: E402
-    DistEnv,
-    TrainData,
     Trainer,
     build_augment,
     build_loss,

@@ -2,7 +2,8 @@
 
 Build blocks: :mod:`pretrain.augment` (batched multi-crop), :mod:`pretrain.loss` (DINO loss with
 centering and sharpening), :mod:`pretrain.schedules`, :mod:`pretrain.loop` (``build_*``,
-``train_step``, ``train_loop``), :mod:`pretrain.checkpoint` (atomic save, resume),
+``train_step``, ``train_loop``), :mod:`pretrain.data` (epoch order, shards, probe),
+:mod:`pretrain.distributed` (torchrun), :mod:`pretrain.checkpoint` (atomic save, resume),
 :mod:`pretrain.monitor` (CSV logs, online k-NN).
 """
 

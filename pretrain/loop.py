@@ -12,32 +12,31 @@ resumed run therefore replays exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from dinoeval.data import ImageSource, get_source
+from dinoeval.data import get_source
 from dinoeval.errors import DinoevalError
 from dinoeval.models import DINOHead
 from pretrain.augment import MultiCrop
 from pretrain.checkpoint import load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig
+from pretrain.data import TrainData, build_data, iter_batches, steps_per_epoch
+from pretrain.distributed import DistEnv, init_distributed, resolve_device
 from pretrain.loss import DINOLoss, LossStats
-from pretrain.monitor import EPOCH_COLUMNS, STEP_COLUMNS, CsvLog, KnnProbe, online_knn
+from pretrain.monitor import EPOCH_COLUMNS, STEP_COLUMNS, CsvLog, online_knn
 from pretrain.schedules import Schedules
 
 log = logging.getLogger(__name__)
@@ -46,50 +45,6 @@ log = logging.getLogger(__name__)
 RUN_CONTROL_FIELDS = frozenset({"device", "num_workers", "log_every", "save_every_minutes",
                                 "save_every_steps", "time_budget_minutes", "num_threads"})
 EventFn = Callable[[str, dict[str, Any]], None]
-
-
-# ----------------------------------------------------------------------------- processes, devices
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits: rank, world size, local rank (0/1/0 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str) -> DistEnv:
-    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (``nccl`` on CUDA, else
-    ``gloo``); otherwise no process group is created at all."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistEnv()
-    if not dist.is_initialized():
-        use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(spec: str, env: DistEnv) -> torch.device:
-    """``auto`` -> this rank's GPU when there is one, else the CPU."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cuda":
-        spec = f"cuda:{env.local_rank}"
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DinoevalError("device cuda requested but no CUDA GPU is visible; use --device cpu")
-        torch.cuda.set_device(device)
-    return device
 
 
 # ----------------------------------------------------------------------------- models
@@ -169,108 +124,6 @@ def build_loss(cfg: PretrainConfig) -> DINOLoss:
 
 
 # ----------------------------------------------------------------------------- data
-@dataclass
-class TrainData:
-    """The training indices, the images when held in memory, and the k-NN probe.
-
-    ``images``: ``(N, H, W[, 3])`` uint8 CPU tensor of the whole source, or ``None`` when images
-    are decoded on the fly (then resized to ``load_size`` squares).
-    """
-
-    source: ImageSource
-    images: torch.Tensor | None
-    train_indices: np.ndarray
-    probe: KnnProbe | None
-    load_size: int
-
-    def fetch(self, indices: np.ndarray) -> torch.Tensor:
-        """uint8 images for source ``indices``."""
-        if self.images is not None:
-            return self.images[torch.from_numpy(np.asarray(indices, dtype=np.int64))]
-        return torch.stack([load_resized(self.source, int(i), self.load_size) for i in indices])
-
-
-def load_resized(source: ImageSource, index: int, size: int) -> torch.Tensor:
-    """Decode image ``index``, resize its shorter side to ``size`` and center-crop a square:
-    ``(size, size, 3)`` uint8 (the common size that batched augmentation needs)."""
-    from PIL import Image
-
-    img = Image.fromarray(source.load(index))
-    w, h = img.size
-    s = size / min(w, h)
-    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return torch.from_numpy(np.asarray(img.crop((left, top, left + size, top + size))).copy())
-
-
-def build_data(cfg: PretrainConfig, source: ImageSource) -> TrainData:
-    """Hold out the k-NN queries (a seeded subset of the labelled images) from training; the
-    memory bank is a seeded subset of the training images."""
-    assert cfg.img_size
-    arr = source.array()
-    images = torch.from_numpy(np.array(arr, copy=True)) if arr is not None else None
-    data = TrainData(source, images, np.arange(len(source)), None, cfg.img_size * 8 // 7)
-    labelled = np.flatnonzero(source.labels >= 0)
-    if cfg.knn_every > 0 and len(np.unique(source.labels[labelled])) >= 2 and len(labelled) >= 20:
-        perm = np.random.default_rng(cfg.seed).permutation(labelled)
-        n_test = min(cfg.knn_test_size, len(labelled) // 5)
-        test = np.sort(perm[:n_test])
-        bank = np.sort(perm[n_test:n_test + cfg.knn_train_size])
-        data.train_indices = np.setdiff1d(data.train_indices, test)
-        data.probe = KnnProbe(data.fetch(bank), source.labels[bank], data.fetch(test),
-                              source.labels[test])
-    return data
-
-
-def steps_per_epoch(cfg: PretrainConfig, data: TrainData, world_size: int = 1) -> int:
-    if cfg.batch_size % world_size:
-        raise DinoevalError(f"--batch-size {cfg.batch_size} (global) must be divisible by the "
-                            f"{world_size} processes")
-    n = min(cfg.epoch_images or len(data.train_indices), len(data.train_indices))
-    steps = n // cfg.batch_size
-    if steps < 1:
-        raise DinoevalError(f"{cfg.data} has {len(data.train_indices)} training images, fewer than "
-                            f"one batch of {cfg.batch_size}; lower --batch-size")
-    return steps
-
-
-def epoch_order(data: TrainData, seed: int, epoch: int) -> np.ndarray:
-    """Source indices of an epoch, in order (a permutation seeded by ``(seed, epoch)``)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(len(data.train_indices))
-    return data.train_indices[perm]
-
-
-def iter_batches(cfg: PretrainConfig, data: TrainData, env: DistEnv, epoch: int,
-                 start: int, steps: int) -> Iterator[torch.Tensor]:
-    """This rank's uint8 batches of ``epoch`` from step ``start`` to ``steps`` (exclusive)."""
-    order = epoch_order(data, cfg.seed, epoch)
-    local = cfg.batch_size // env.world_size
-    chunks = [order[s * cfg.batch_size:(s + 1) * cfg.batch_size][env.rank * local:
-                                                                  (env.rank + 1) * local]
-              for s in range(start, steps)]
-    if data.images is not None or cfg.num_workers == 0:
-        for idx in chunks:
-            yield data.fetch(idx)
-        return
-    loader = torch.utils.data.DataLoader(
-        _IndexDataset(data, np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)),
-        batch_size=local, num_workers=cfg.num_workers, shuffle=False, drop_last=True,
-        pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    yield from loader
-
-
-class _IndexDataset(torch.utils.data.Dataset):
-    def __init__(self, data: TrainData, indices: np.ndarray) -> None:
-        self.data, self.indices = data, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return load_resized(self.data.source, int(self.indices[i]), self.data.load_size)
-
-
 # ----------------------------------------------------------------------------- the step
 @dataclass
 class Trainer:
@@ -697,11 +550,3 @@ class _Run:
         return RunResult(self.out, tr.step, tr.epoch, reason, self.knn_top1, self.checkpoint)
 
 
-@contextlib.contextmanager
-def distributed_cleanup() -> Iterator[None]:
-    """Destroy the process group on exit (for ``python -m pretrain`` under torchrun)."""
-    try:
-        yield
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()

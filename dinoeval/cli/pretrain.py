@@ -69,7 +69,8 @@ def pretrain(
           --arch vit_small --out runs/in1k
     """
     from pretrain.config import recipe_config
-    from pretrain.loop import distributed_cleanup, resume_config, train_loop
+    from pretrain.distributed import distributed_cleanup
+    from pretrain.loop import resume_config, train_loop
 
     with user_errors(), distributed_cleanup():
         given: dict[str, Any] = {
