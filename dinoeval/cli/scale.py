@@ -116,8 +116,8 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *, ks: tuple[int, .
     from dinoeval.results import Context, to_frame
 
     t0 = time.perf_counter()
+    train_e, val_e = find_entry(train_dir), find_entry(val_dir)  # missing inputs first
     budget = working_budget(max_memory)  # --max-memory bounds the whole process
-    train_e, val_e = find_entry(train_dir), find_entry(val_dir)
     meta = json.loads((val_e / "meta.json").read_text())
     bank = bank_file(train_e, bank_dtype)
     train_y = np.load(train_e / "labels.npy")

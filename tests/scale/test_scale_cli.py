@@ -66,5 +66,6 @@ def test_scale_cli_errors_exit_2(tmp_path, ckpt):
                             "--val-feats", str(tmp_path / "c"), "--max-memory", "100MB"])
     assert r.exit_code == 2 and "already uses" in r.output
     r = runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "c"),
-                            "--val-feats", str(tmp_path / "c"), "--bank-dtype", "int8"])
+                            "--val-feats", str(tmp_path / "c"), "--bank-dtype", "int8",
+                            "--max-memory", "16GB"])
     assert r.exit_code == 2 and "--bank-dtype" in r.output
