@@ -35,6 +35,9 @@ def main() -> None:
                                    data["qy"] if rank == 0 else None, ks=(1, 5, 20),
                                    max_memory=fixed_bytes(60, 16, 20) + 200 * 16 * 8)
     np.save(work / f"pred{rank}.npy", np.stack([res.predictions[k] for k in (1, 5, 20)]))
+    # Both ranks finish their collectives before either tears gloo down (a rank leaving early
+    # made its peer abort with "terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
