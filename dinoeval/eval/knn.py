@@ -140,18 +140,29 @@ def knn_classify(
     train_y, test_y, ks, c = _validate(train_x, train_y, test_x, test_y, ks, temperature,
                                        num_classes)
     sims, idx = knn_search(train_x, test_x, max(ks), normalize=normalize)
-    neighbor_labels = train_y[idx]
+    return classify_neighbors(sims, train_y[idx], test_y, ks, c, temperature, len(train_y))
+
+
+def classify_neighbors(sims: np.ndarray, neighbor_labels: np.ndarray, test_y: np.ndarray,
+                       ks: tuple[int, ...], num_classes: int, temperature: float,
+                       n_train: int) -> KnnResult:
+    """The weighted vote for every k from one neighbour list (shared by all search paths).
+
+    Args:
+        sims: ``(M, max k)`` similarities, descending.
+        neighbor_labels: ``(M, max k)`` labels of those neighbours.
+    """
     top1, top5, preds, per_class = {}, {}, {}, {}
     for k in ks:
-        ranked = rank_predictions(weighted_vote(sims[:, :k], neighbor_labels[:, :k], c,
+        ranked = rank_predictions(weighted_vote(sims[:, :k], neighbor_labels[:, :k], num_classes,
                                                 temperature))
         pred = ranked[:, 0]
         preds[k] = pred
         top1[k] = float(np.mean(pred == test_y))
         top5[k] = float(np.mean((ranked == test_y[:, None]).any(axis=1)))
-        per_class[k] = class_recall(pred, test_y, c)
+        per_class[k] = class_recall(pred, test_y, num_classes)
     return KnnResult(ks=ks, top1=top1, top5=top5, predictions=preds, per_class=per_class,
-                     temperature=temperature, n_train=len(train_y), n_test=len(test_y))
+                     temperature=temperature, n_train=n_train, n_test=len(test_y))
 
 
 def class_recall(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
@@ -163,17 +174,33 @@ def class_recall(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.n
 
 
 def _validate(train_x, train_y, test_x, test_y, ks, temperature, num_classes):
-    train_y = np.asarray(train_y).astype(np.int64, copy=False)
-    test_y = np.asarray(test_y).astype(np.int64, copy=False)
     if train_x.ndim != 2 or test_x.ndim != 2:
         raise DinoevalError(f"k-NN needs 2-D features, got train {train_x.shape} and test "
                             f"{test_x.shape} (use a cls* feature kind, not patch)")
     if train_x.shape[1] != test_x.shape[1]:
         raise DinoevalError(f"train features have {train_x.shape[1]} dims but test features "
                             f"{test_x.shape[1]}; extract both with the same backbone and kind")
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+    if not np.isfinite(np.asarray(train_x)).all():
+        raise DinoevalError("train features contain NaN or inf; re-extract them "
+                            "(check the checkpoint and --precision)")
+    return validate_inputs(train_y, test_x, test_y, len(train_x), ks, temperature, num_classes)
+
+
+def validate_inputs(train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_train: int,
+                    ks: Sequence[int], temperature: float, num_classes: int | None
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
+    """Checks shared by every k-NN path that need no train features in memory.
+
+    Returns int64 labels, the sorted unique ks and the number of classes C.
+    """
+    train_y = np.asarray(train_y).astype(np.int64, copy=False)
+    test_y = np.asarray(test_y).astype(np.int64, copy=False)
+    if test_x.ndim != 2:
+        raise DinoevalError(f"k-NN needs 2-D features, got test {test_x.shape} (use a cls* "
+                            "feature kind, not patch)")
+    if n_train != len(train_y) or len(test_x) != len(test_y):
         raise DinoevalError("features and labels differ in length")
-    if len(train_x) == 0 or len(test_x) == 0:
+    if n_train == 0 or len(test_x) == 0:
         raise DinoevalError("k-NN needs at least one train and one test sample")
     if (train_y < 0).any() or (test_y < 0).any():
         raise DinoevalError("k-NN needs labelled data; some samples have no label (-1)")
@@ -182,15 +209,14 @@ def _validate(train_x, train_y, test_x, test_y, ks, temperature, num_classes):
     ks = tuple(sorted({int(k) for k in ks}))
     if ks[0] < 1:
         raise DinoevalError(f"k must be >= 1, got {ks[0]}")
-    if ks[-1] > len(train_x):
-        raise DinoevalError(f"k={ks[-1]} is larger than the train set ({len(train_x)} samples); "
-                            f"use --k values <= {len(train_x)} or more train data")
+    if ks[-1] > n_train:
+        raise DinoevalError(f"k={ks[-1]} is larger than the train set ({n_train} samples); "
+                            f"use --k values <= {n_train} or more train data")
     if temperature <= 0:
         raise DinoevalError(f"temperature must be > 0, got {temperature}")
-    for name, x in (("train", train_x), ("test", test_x)):
-        if not np.isfinite(np.asarray(x)).all():
-            raise DinoevalError(f"{name} features contain NaN or inf; re-extract them "
-                                "(check the checkpoint and --precision)")
+    if not np.isfinite(np.asarray(test_x)).all():
+        raise DinoevalError("test features contain NaN or inf; re-extract them "
+                            "(check the checkpoint and --precision)")
     c = int(max(train_y.max(), test_y.max())) + 1
     if num_classes is not None:
         if num_classes < c:

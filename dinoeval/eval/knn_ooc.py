@@ -36,9 +36,8 @@ from dinoeval.eval.knn import (
     DEFAULT_KS,
     KnnResult,
     _prep,
-    class_recall,
-    rank_predictions,
-    weighted_vote,
+    classify_neighbors,
+    validate_inputs,
 )
 from dinoeval.results import Row
 
@@ -412,64 +411,6 @@ def knn_search_ooc(bank: str | Path | np.ndarray, queries: np.ndarray, k: int, *
 # Classification
 
 
-def _check(train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, n_bank: int,
-           ks: Sequence[int], temperature: float, num_classes: int | None
-           ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], int]:
-    """The checks of knn_classify, without reading the whole bank (finiteness is checked per
-    block during the search)."""
-    train_y = np.asarray(train_y).astype(np.int64, copy=False)
-    test_y = np.asarray(test_y).astype(np.int64, copy=False)
-    if test_x.ndim != 2:
-        raise DinoevalError(f"k-NN needs 2-D features, got test {test_x.shape} (use a cls* "
-                            "feature kind, not patch)")
-    if n_bank != len(train_y) or len(test_x) != len(test_y):
-        raise DinoevalError("features and labels differ in length")
-    if n_bank == 0 or len(test_x) == 0:
-        raise DinoevalError("k-NN needs at least one train and one test sample")
-    if (train_y < 0).any() or (test_y < 0).any():
-        raise DinoevalError("k-NN needs labelled data; some samples have no label (-1)")
-    if not ks:
-        raise DinoevalError("give at least one k")
-    ks = tuple(sorted({int(k) for k in ks}))
-    if ks[0] < 1:
-        raise DinoevalError(f"k must be >= 1, got {ks[0]}")
-    if ks[-1] > n_bank:
-        raise DinoevalError(f"k={ks[-1]} is larger than the train set ({n_bank} samples); "
-                            f"use --k values <= {n_bank} or more train data")
-    if temperature <= 0:
-        raise DinoevalError(f"temperature must be > 0, got {temperature}")
-    if not np.isfinite(test_x).all():
-        raise DinoevalError("test features contain NaN or inf; re-extract them "
-                            "(check the checkpoint and --precision)")
-    c = int(max(train_y.max(), test_y.max())) + 1
-    if num_classes is not None:
-        if num_classes < c:
-            raise DinoevalError(f"num_classes={num_classes} but labels go up to {c - 1}")
-        c = num_classes
-    return train_y, test_y, ks, c
-
-
-def classify_neighbors(sims: np.ndarray, neighbor_labels: np.ndarray, test_y: np.ndarray,
-                       ks: tuple[int, ...], num_classes: int, temperature: float,
-                       n_train: int) -> KnnResult:
-    """The weighted vote of :func:`~dinoeval.eval.knn.knn_classify` on precomputed neighbours.
-
-    Args:
-        sims: ``(M, max k)`` similarities, descending; ``neighbor_labels`` the same shape.
-    """
-    top1, top5, preds, per_class = {}, {}, {}, {}
-    for k in ks:
-        ranked = rank_predictions(weighted_vote(sims[:, :k], neighbor_labels[:, :k], num_classes,
-                                                temperature))
-        pred = ranked[:, 0]
-        preds[k] = pred
-        top1[k] = float(np.mean(pred == test_y))
-        top5[k] = float(np.mean((ranked == test_y[:, None]).any(axis=1)))
-        per_class[k] = class_recall(pred, test_y, num_classes)
-    return KnnResult(ks=ks, top1=top1, top5=top5, predictions=preds, per_class=per_class,
-                     temperature=temperature, n_train=n_train, n_test=len(test_y))
-
-
 def knn_classify_ooc(
     bank: str | Path | np.ndarray,
     train_y: np.ndarray,
@@ -492,8 +433,8 @@ def knn_classify_ooc(
     """
     reader = BankReader(bank)
     test_x = np.asarray(test_x)
-    train_y, test_y, ks, c = _check(train_y, test_x, test_y, len(reader), ks, temperature,
-                                    num_classes)
+    train_y, test_y, ks, c = validate_inputs(train_y, test_x, test_y, len(reader), ks, temperature,
+                                             num_classes)
     sims, idx = knn_search_ooc(bank, test_x, max(ks), max_memory=max_memory, backend=backend,
                                device=device, normalize=normalize)
     return classify_neighbors(sims, train_y[idx], test_y, ks, c, temperature, len(train_y))
@@ -532,8 +473,8 @@ def knn_classify_distributed(
     box = [None if test_x is None else (np.asarray(test_x, np.float32), np.asarray(test_y))]
     dist.broadcast_object_list(box, src=0, group=group)  # queries: small next to the bank
     test_x, test_y = box[0]
-    train_y, test_y, ks, c = _check(train_y, test_x, test_y, len(reader), ks, temperature,
-                                    num_classes)
+    train_y, test_y, ks, c = validate_inputs(train_y, test_x, test_y, len(reader), ks, temperature,
+                                             num_classes)
     k = max(ks)
     # rank boundaries on faiss's 1024-row grid keep the similarities bit-identical to one process
     start, stop = shard_bounds(len(reader), rank, world, _FAISS_BLOCK)
