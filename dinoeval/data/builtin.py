@@ -31,6 +31,17 @@ class BadImageError(DinoevalError):
         self.path = str(path)
 
 
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3) uint8`` RGB; :class:`BadImageError` names a broken file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as err:  # PIL raises many types for broken files
+        raise BadImageError(path, f"{type(err).__name__}: {err}") from err
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -118,14 +129,7 @@ class ImageFolderSource(ImageSource):
         self.split = self.root.name if self.root.name in ("train", "val", "test") else "all"
 
     def load(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        path = self.paths[index]
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception as err:  # PIL raises many types for broken files
-            raise BadImageError(path, f"{type(err).__name__}: {err}") from err
+        return read_rgb(self.paths[index])
 
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=8)

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from dinoeval.data._base import ImageSource
-from dinoeval.data.builtin import BadImageError
+from dinoeval.data.builtin import read_rgb
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.attention import (
     DEFAULT_MASS,
@@ -116,14 +116,7 @@ class FileListSource(ImageSource):
         self.classes = ()
 
     def load(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        path = self.paths[index]
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception as err:  # PIL raises many types for broken files
-            raise BadImageError(path, f"{type(err).__name__}: {err}") from err
+        return read_rgb(self.paths[index])
 
     def fingerprint(self) -> str:
         h = hashlib.blake2b(digest_size=8)
