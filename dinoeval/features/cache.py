@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +69,31 @@ class FeatureCache:
 
     def put(self, fs: FeatureSet) -> Path:
         """Store ``fs`` atomically (temp directory + rename); returns the entry path."""
-        final = self.path(fs.meta)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-        try:
+
+        def write(tmp: Path) -> None:
             np.save(tmp / "features.npy", np.ascontiguousarray(fs.features))
             np.save(tmp / "labels.npy", fs.labels)
             np.save(tmp / "indices.npy", fs.indices)
+            # meta.json last: its presence (with "complete") marks a readable entry
             (tmp / "meta.json").write_text(json.dumps({**fs.meta, "complete": True}, indent=1,
                                                       default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return final
+
+        return atomic_dir(self.root, self.path(fs.meta), write)
+
+
+def atomic_dir(parent: Path, final: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` in a temporary directory under ``parent``, then rename it to ``final``.
+
+    A crash leaves only a ``.tmp-*`` directory, never a ``final`` that looks complete.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+    try:
+        write(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

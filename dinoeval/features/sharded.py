@@ -19,9 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 
 from dinoeval.data._base import ImageSource
 from dinoeval.errors import DinoevalError
-from dinoeval.features.cache import _KEY_FIELDS, FeatureCache, cache_key
+from dinoeval.features.cache import _KEY_FIELDS, FeatureCache, atomic_dir, cache_key
 from dinoeval.features.extract import (
     FEATURE_KINDS,
     FeatureSet,
@@ -116,21 +114,6 @@ def _shard_ok(d: Path, meta: dict[str, Any], shard: dict[str, int]) -> bool:
     return len(lengths) == 1 and lengths.pop() <= n  # fewer rows only when bad images were skipped
 
 
-def _atomic_dir(parent: Path, final: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` in a temporary directory under ``parent``, then rename it to ``final``."""
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def extract_shard(
     backbone: Backbone,
     source: ImageSource,
@@ -201,7 +184,7 @@ def extract_shard(
         np.save(tmp / "indices.npy", indices.astype(np.int64))
         (tmp / "meta.json").write_text(json.dumps(shard_meta, indent=1, default=str))
 
-    _atomic_dir(root, final, write)
+    atomic_dir(root, final, write)
     return final, True
 
 
@@ -265,7 +248,7 @@ def merge_shards(cache_dir: str | Path, meta: dict[str, Any], world_size: int, *
                                                   default=str))
 
     cache = FeatureCache(cache_dir)
-    final = _atomic_dir(cache.root, cache.path(meta), write)
+    final = atomic_dir(cache.root, cache.path(meta), write)
     if not keep_shards:
         shutil.rmtree(root, ignore_errors=True)
     return final
