@@ -44,6 +44,7 @@ class PretrainConfig:
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_nlayers: int = 3
+    head_use_bn: bool = False  # BatchNorm in the head's MLP (the official use_bn_in_head)
     norm_last_layer: bool = True
     # --- multi-crop augmentation
     global_crops_scale: tuple[float, float] = (0.4, 1.0)

@@ -76,13 +76,15 @@ def build_backbone(cfg: PretrainConfig, *, drop_path: float) -> VisionTransforme
 
 
 def build_models(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (with drop path) and teacher (a copy of it, without drop path, no gradients).
+    """Student (with drop path) and teacher (a copy of it, without drop path, no gradients, in
+    train mode).
     Initialised from the current global RNG state."""
     assert cfg.embed_dim
 
     def head() -> DINOHead:
         return DINOHead(cfg.embed_dim, cfg.out_dim, hidden_dim=cfg.head_hidden_dim,
                         bottleneck_dim=cfg.head_bottleneck_dim, nlayers=cfg.head_nlayers,
+                        use_bn=cfg.head_use_bn,
                         norm_last_layer=cfg.norm_last_layer)
 
     student = MultiCropWrapper(build_backbone(cfg, drop_path=cfg.drop_path), head())
@@ -90,7 +92,10 @@ def build_models(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrappe
     teacher.load_state_dict(student.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return student, teacher.eval()
+    # Like the official code, the teacher stays in train mode: a head with BatchNorm then
+    # normalises with the batch's statistics (eval mode would use never-updated running stats).
+    # Nothing else in the model depends on the mode (the teacher has no drop path).
+    return student, teacher
 
 
 def build_optimizer(model: nn.Module) -> torch.optim.AdamW:

@@ -165,3 +165,20 @@ def test_cuda_step_with_bf16_matches_the_cpu_layout(tmp_path, tiny_config):
     assert res.step == 4
     ckpt = load_checkpoint(tmp_path / "gpu")
     assert "cuda" in ckpt["rng"] and ckpt["teacher"]["backbone.cls_token"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("use_bn", [False, True])
+def test_teacher_starts_equal_to_the_student_even_with_batchnorm_in_the_head(tiny_config, use_bn):
+    # The teacher is a copy of the student without drop path, so at step 0 both give the same
+    # logits. With BatchNorm in the head this only holds when the teacher normalises with the
+    # batch's statistics, as the official code does (an eval-mode teacher would use its
+    # never-updated running statistics and disagree).
+    from pretrain.loop import build_models
+
+    cfg = tiny_config(drop_path=0.0, head_use_bn=use_bn).resolved((8, 8))
+    torch.manual_seed(0)
+    student, teacher = build_models(cfg)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), student(x))
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in teacher.modules()) == use_bn
