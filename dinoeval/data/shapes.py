@@ -2,10 +2,10 @@
 
 Each image holds one filled object from one of up to 8 shape classes (circle, triangle, square,
 star, cross, ring, crescent, L) with a random colour, size, aspect, position and rotation, over a
-cluttered, textured background (a smooth colour field, a coloured grating and thin strokes),
-plus a little pixel noise. The class depends on the shape only: colour, size, pose and
-background are drawn independently of it, so raw-pixel k-NN stays near chance while a feature
-that encodes shape separates the classes. The object's mask is the exact set of pixels it covers.
+cluttered, textured background (a smooth muted colour field, faint isotropic colour noise and
+small translucent blobs), plus a little pixel noise. The class depends on the shape only: colour,
+size, pose and background are drawn independently of it, so raw-pixel k-NN does poorly while a
+feature that encodes shape separates the classes. The object's mask is the exact set of pixels it covers.
 
 Spec: ``shapes[:train|test][@key=value,...]`` with keys ``n`` (images; default 5000 train, 1000
 test), ``size`` (side in pixels, default 64), ``classes`` (2..8, default 6), ``seed`` (default 0)
@@ -33,6 +33,7 @@ DEFAULT_N = {"train": 5000, "test": 1000}
 BLOCK = 256  # images per random stream; fixed so that image i never depends on n
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _MIN_CONTRAST = 0.3  # luminance gap between the object and the background under it
+_BLOBS = 10  # clutter blobs per image at clutter=1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +181,7 @@ def _render_block(rng: np.random.Generator, labels: np.ndarray, size: int, clutt
     background = _background(rng, m, size, clutter)
     noise = 0.025 * rng.standard_normal((BLOCK, size, size, 3), dtype=np.float32)[:m]
 
-    radius = size * (0.17 + 0.13 * pose[:, 0])  # 17-30% of the side
+    radius = size * (0.24 + 0.12 * pose[:, 0])  # 24-36% of the side
     aspect = 0.85 + 0.3 * pose[:, 1]
     theta = 2 * np.pi * pose[:, 2]
     reach = radius * np.maximum(aspect, 1 / aspect)
@@ -223,37 +224,32 @@ def _contrasting(rgb: np.ndarray, background: np.ndarray, mask: np.ndarray) -> n
 
 
 def _background(rng: np.random.Generator, m: int, size: int, clutter: float) -> np.ndarray:
-    """Cluttered textures ``(m, size, size, 3)`` in [0, 1]: a smooth random colour field, an
-    oriented coloured grating and a few thin coloured strokes."""
-    coarse = rng.random((BLOCK, 4, 4, 3)).astype(np.float32)[:m]
-    g = rng.random((BLOCK, 7)).astype(np.float32)[:m]
-    strokes = rng.random((BLOCK, 6, 8)).astype(np.float32)[:m]
+    """Cluttered textures ``(m, size, size, 3)`` in [0, 1]: a smooth, muted colour field, faint
+    isotropic colour noise and a scatter of small translucent blobs.
 
-    up = _interp_matrix(4, size)
-    field = np.einsum("ya,mabc,xb->myxc", up, coarse, up, optimize=True)
+    Every texture element is isotropic and drawn from the same distribution in every image, so
+    the background carries no class information, no orientation to latch on to, and (being
+    faint) no strong per-image fingerprint: what two crops of one image share is mostly the
+    object.
+    """
+    coarse = rng.random((BLOCK, 4, 4, 3)).astype(np.float32)[:m]
+    fine = rng.standard_normal((BLOCK, 16, 16, 3), dtype=np.float32)[:m]
+    blobs = rng.random((BLOCK, _BLOBS, 7)).astype(np.float32)[:m]
+
+    up4, up16 = _interp_matrix(4, size), _interp_matrix(16, size)
+    field = np.einsum("ya,mabc,xb->myxc", up4, coarse, up4, optimize=True)
+    grey = field.mean(axis=-1, keepdims=True)
+    bg = 0.15 + 0.7 * (0.4 * field + 0.6 * grey)  # muted: the object is the colourful thing
+    bg = bg + 0.05 * clutter * np.einsum("ya,mabc,xb->myxc", up16, fine, up16, optimize=True)
     grid = np.arange(size, dtype=np.float32) + 0.5
-    freq = (2 + 6 * g[:, 0]) / size
-    ang = np.pi * g[:, 1]
-    phase = 2 * np.pi * (freq[:, None, None] * (
-        np.cos(ang)[:, None, None] * grid[None, None, :]
-        + np.sin(ang)[:, None, None] * grid[None, :, None]) + g[:, 2, None, None])
-    wave = 0.5 + 0.5 * np.sin(phase)
-    amp = (0.3 + 0.4 * g[:, 3]) * clutter
-    bg = field * (1 - amp[:, None, None, None] * wave[..., None]) + (
-        (amp[:, None] * g[:, 4:7])[:, None, None, :] * wave[..., None])
-    # Thin strokes: distance from each pixel to each segment; a later stroke covers an earlier one.
     px, py = grid[None, None, :], grid[None, :, None]
-    top = np.zeros((m, size, size), dtype=np.int8)  # 0: no stroke, k + 1: stroke k on top
-    for k in range(round(strokes.shape[1] * clutter)):
-        x0, y0, x1, y1, w = (strokes[:, k, j, None, None] for j in range(5))
-        x0, y0, dx, dy = x0 * size, y0 * size, (x1 - x0) * size, (y1 - y0) * size
-        t = np.clip(((px - x0) * dx + (py - y0) * dy) / np.maximum(dx * dx + dy * dy, 1e-6), 0, 1)
-        dist2 = (px - x0 - t * dx) ** 2 + (py - y0 - t * dy) ** 2
-        top[dist2 <= (0.6 + 1.0 * w) ** 2] = k + 1
-    colours = np.concatenate([np.zeros((m, 1, 3), np.float32), strokes[..., 5:8]], axis=1)
-    painted = np.take_along_axis(colours, top.reshape(m, -1, 1).astype(np.int64), axis=1)
-    bg = np.where(top[..., None] > 0, painted.reshape(m, size, size, 3), bg)
-    return bg.astype(np.float32)
+    for k in range(round(_BLOBS * clutter)):
+        x0, y0, r = (blobs[:, k, j, None, None] for j in range(3))
+        inside = (px - x0 * size) ** 2 + (py - y0 * size) ** 2 <= (size * (0.03 + 0.05 * r)) ** 2
+        tint = blobs[:, k, 3:6][:, None, None, :]
+        alpha = (0.25 + 0.25 * blobs[:, k, 6])[:, None, None, None]
+        bg = np.where(inside[..., None], (1 - alpha) * bg + alpha * tint, bg)
+    return np.clip(bg, 0.0, 1.0).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
