@@ -139,30 +139,35 @@ class PretrainConfig:
 
 # Named starting points; explicit options override them. Each was measured (results/).
 RECIPES: dict[str, dict[str, Any]] = {
-    # Fashion-MNIST on a CPU (results/pretrain_fmnist.md): a small ViT (patch 7 -> 4x4 grid at
-    # 28 px, width 128, depth 3), K=1024, 2x28 + 4x14 crops, 3000 steps of 64. The last layer
-    # stays frozen the whole run (any --epochs): trainable, short runs drifted to uniform collapse.
-    # 0.3 CPU-s/step: 23 min measured on the 2 shared cores (load 5-9). Teacher k-NN 64.1% vs
-    # 57.4-60.0% for 5 random inits (student 67.4%); raw pixels 77.1%.
+    # Fashion-MNIST on a CPU (results/pretrain_fmnist.md), the checkpoint `dinoeval demo --data
+    # fashion-mnist` ships: a small ViT (patch 7 -> 4x4 grid at 28 px, width 128, depth 3),
+    # K=1024, 2x28 + 4x14 crops, 6000 steps of 64. The last layer stays frozen the whole run (any
+    # --epochs): trainable, short runs drifted to uniform collapse. 0.3 CPU-s/step (30 min).
     "fmnist-cpu": dict(
         data="fashion-mnist:train", arch="vit_tiny", patch_size=7, embed_dim=128, depth=3,
         num_heads=2, drop_path=0.0, out_dim=1024, head_hidden_dim=512, head_bottleneck_dim=128,
         local_crops_number=4, local_size=14, local_crops_scale=(0.1, 0.4),
         warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
-        epochs=60, epoch_images=3200, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_epochs=1,
+        epochs=120, epoch_images=3200, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_epochs=1,
         weight_decay=0.04, weight_decay_end=0.1, momentum_teacher=0.996, freeze_last_layer=1_000_000,
-        knn_every=3, knn_train_size=1500, knn_test_size=500, num_threads=1,
+        knn_every=10, knn_train_size=1500, knn_test_size=500, num_threads=1,
     ),
-    # The procedural shapes (64 px RGB, with masks) for the attention demo: patch 8 -> 8x8 grid,
-    # the Fashion-MNIST settings with a wider model (not yet measured to beat random init).
+    # The procedural shapes (64 px RGB, with masks; trained at 32 px, patch 4 -> 8x8 grid) that
+    # `dinoeval demo` ships (dinoeval/assets/checkpoints/README.md). Against the Fashion-MNIST
+    # settings: BatchNorm in the head (the official use_bn_in_head), K=256, a higher lr and much
+    # stronger colour augmentation (hue 0.4, grayscale p=0.5): every object has a random colour,
+    # and with DINO's default colour jitter the runs matched views by colour and learned no shape.
+    # 3000 steps of 64; about 0.9 s per step on one core (45 min).
     "shapes-cpu": dict(
-        data="shapes:train", arch="vit_tiny", patch_size=8, embed_dim=128, depth=3,
-        num_heads=2, drop_path=0.0, out_dim=256, head_hidden_dim=256, head_bottleneck_dim=64,
-        local_crops_number=4, local_size=32, local_crops_scale=(0.1, 0.4),
+        data="shapes:train@n=5000,size=64,classes=6,seed=0", arch="vit_tiny", patch_size=4,
+        img_size=32, embed_dim=128, depth=3, num_heads=2, drop_path=0.0, out_dim=256,
+        head_hidden_dim=256, head_bottleneck_dim=64, head_use_bn=True,
+        local_crops_number=4, local_size=16, local_crops_scale=(0.1, 0.4),
+        color_jitter=(0.4, 0.4, 0.4, 0.4), grayscale_p=0.5,
         warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
-        epochs=40, epoch_images=3200, batch_size=64, lr=1e-3, min_lr=1e-5, warmup_epochs=1,
-        weight_decay=0.04, weight_decay_end=0.1, momentum_teacher=0.996, freeze_last_layer=1_000_000,
-        knn_every=4, knn_train_size=1500, knn_test_size=500, time_budget_minutes=30.0,
+        epochs=60, epoch_images=3200, batch_size=64, lr=2e-3, min_lr=1e-5, warmup_epochs=1,
+        weight_decay=0.04, weight_decay_end=0.1, momentum_teacher=0.99, freeze_last_layer=1_000_000,
+        knn_every=4, knn_train_size=2500, knn_test_size=1000, time_budget_minutes=75.0,
         num_threads=1,
     ),
 }
