@@ -49,7 +49,7 @@ class DemoData:
     train: str
     test: str
     checkpoint: str  # file name under ASSETS
-    recipe: dict[str, Any] | str  # PretrainConfig fields, or a name in pretrain.config.RECIPES
+    recipe: str  # the name in pretrain.config.RECIPES that trained the shipped checkpoint
     title: str
     baselines: tuple[tuple[str, str, str], ...] = ()  # (what, value, where) published numbers
 
@@ -60,19 +60,12 @@ SHAPES_TEST = "shapes:test@n=1000,size=64,classes=6,seed=0"
 DATASETS: dict[str, DemoData] = {
     "shapes": DemoData(
         name="shapes", train=SHAPES_TRAIN, test=SHAPES_TEST,
-        checkpoint="shapes_vit_d128x3_p8_48px.pth",
-        # The shipped checkpoint's config (assets/checkpoints/README.md has the command).
-        recipe=dict(arch="vit_tiny", patch_size=8, img_size=48, local_size=24, embed_dim=128,
-                    depth=3, num_heads=2, drop_path=0.0, out_dim=256, head_hidden_dim=256,
-                    head_bottleneck_dim=64, local_crops_number=4, local_crops_scale=(0.1, 0.4),
-                    warmup_teacher_temp=0.03, teacher_temp=0.03, warmup_teacher_temp_epochs=1,
-                    epochs=26, epoch_images=3200, batch_size=64, lr=4e-4, min_lr=1e-5,
-                    warmup_epochs=1, weight_decay_end=0.1, momentum_teacher=0.99,
-                    knn_every=2, knn_train_size=1000, knn_test_size=500, seed=0),
+        checkpoint="shapes_vit_d128x3_p4_32px.pth",
+        recipe="shapes-cpu",  # assets/checkpoints/README.md has the command
         title="procedural shapes (6 classes, 64 px, masks)"),
     "fashion-mnist": DemoData(
         name="fashion-mnist", train="fashion-mnist:train", test="fashion-mnist:test",
-        checkpoint="fmnist_vit_d128x3_p7.pth",  # not shipped yet: pass --ckpt or --pretrain
+        checkpoint="fmnist_vit_d128x3_p7.pth",
         recipe="fmnist-cpu",
         title="Fashion-MNIST (10 classes, 28 px)",
         baselines=(
@@ -218,14 +211,10 @@ def pretrain_checkpoint(config: DemoConfig, out_dir: Path, *,
                         on_event: EventFn | None = None) -> Path:
     """Train the demo's recipe from scratch for ``config.pretrain_minutes``; the checkpoint path."""
     from pretrain import PretrainConfig, train_loop
+    from pretrain.config import RECIPES
 
     ds = config.dataset()
-    if isinstance(ds.recipe, str):
-        from pretrain.config import RECIPES
-
-        base = dict(RECIPES[ds.recipe])
-    else:
-        base = dict(ds.recipe)
+    base = dict(RECIPES[ds.recipe])
     base.update(data=config.train or ds.train, device=config.device, seed=config.seed,
                 time_budget_minutes=config.pretrain_minutes, num_threads=0)  # all cores
     pcfg = PretrainConfig(**base)

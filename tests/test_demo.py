@@ -171,3 +171,24 @@ def test_demo_on_fashion_mnist_scores_attention_on_foreground_pixels(tmp_path: P
     assert [t.name for t in result.targets] == ["DINO k-NN top-1 above pixels"]
     assert "attn Jaccard (mean of heads)" in result.summary
     assert "Published baselines" in (tmp_path / "results.md").read_text()
+
+
+# Fields that say how a run was executed, not what it trains.
+_RUN_FIELDS = {"device", "num_threads", "num_workers", "time_budget_minutes", "save_every_minutes",
+               "save_every_steps", "log_every"}
+
+
+@pytest.mark.parametrize("data", ["shapes", "fashion-mnist"])
+def test_shipped_checkpoint_was_trained_by_its_named_recipe(data: str) -> None:
+    # Reproducibility: `dinoeval pretrain --recipe NAME` (assets/checkpoints/README.md) trains
+    # exactly the configuration stored in the shipped file.
+    from dinoeval.demo import DATASETS, shipped_checkpoint
+    from pretrain.config import recipe_config
+
+    stored = torch.load(shipped_checkpoint(data), map_location="cpu", weights_only=True)["config"]
+    ds = DATASETS[data]
+    expected = recipe_config(ds.recipe).resolved((stored["img_size"],) * 2).to_dict()
+    differ = {k: (stored[k], expected[k]) for k in expected
+              if k not in _RUN_FIELDS and stored.get(k) != expected[k]}
+    assert not differ
+    assert stored["data"] == ds.train
