@@ -81,6 +81,26 @@ def test_demo_command_names_a_missing_checkpoint(tmp_path: Path) -> None:
     assert res.exit_code == 2
 
 
+def test_demo_pretrain_trains_a_short_schedule_then_evaluates_it(tmp_path: Path) -> None:
+    out = tmp_path / "pre"
+    args = ["demo", "--pretrain", "--pretrain-epochs", "1", "--pretrain-minutes", "0.1",
+            "--train", SMALL_TRAIN, "--test", SMALL_TEST, "--attention-images", "4",
+            "--linear-epochs", "1", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "pretraining" in res.output  # progress against the budget
+    ckpt = out / "pretrain" / "checkpoint.pth"
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
+    assert stored["epochs"] == 1 and stored["data"] == SMALL_TRAIN
+    assert stored["patch_size"] == 4 and stored["head_use_bn"]  # the shapes-cpu recipe
+    specs = set(read_results(out / "results.csv")["backbone"])
+    assert str(ckpt) in specs and f"random:{ckpt}" in specs
+    # a second run refuses to overwrite the first one's pretraining
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code != 0 and "already holds a pretraining run" in again.output
+    assert ckpt.exists()
+
+
 def _rows(spec: str, knn: float, jaccard: float | None) -> pd.DataFrame:
     rows = [Row("knn", "top1", knn, "k=20", 10), Row("knn", "top1", 0.0, "k=10", 10)]
     if jaccard is not None:
