@@ -171,7 +171,10 @@ def test_demo_with_the_shipped_checkpoint_on_a_reduced_size(tmp_path: Path) -> N
     by = result.summary.set_index("backbone")
     assert by.loc["DINO", "arch"] == by.loc["random init", "arch"]  # the same architecture
     assert result.frame["backbone"].iloc[0] == str(ckpt)
-    assert 0 <= by.loc["DINO", "k-NN top-1"] <= 1
+    # the shipped file is a trained one (measured 0.42 vs 0.14 k-NN, 0.40 vs 0.07 Jaccard here)
+    assert by.loc["DINO", "k-NN top-1"] >= by.loc["random init", "k-NN top-1"] + 0.15
+    dino_jac, rand_jac = by["attn Jaccard (mean of heads)"][["DINO", "random init"]]
+    assert dino_jac >= rand_jac + 0.15
 
 
 @pytest.mark.fmnist

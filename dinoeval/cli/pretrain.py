@@ -62,7 +62,7 @@ def pretrain(
     """DINO self-distillation pretraining; writes checkpoints dinoeval reads.
 
       dinoeval pretrain --recipe fmnist-cpu --out runs/fm       (the shipped Fashion-MNIST ViT)
-      dinoeval pretrain --recipe shapes-cpu --out runs/shapes   (the shipped demo ViT, ~45 min)
+      dinoeval pretrain --recipe shapes-cpu --out runs/shapes   (the shipped demo ViT, ~100 min)
       dinoeval pretrain --data fashion-mnist:train --arch vit_tiny --patch-size 4 --epochs 50
           --out runs/fm2
       dinoeval pretrain --resume runs/fm
