@@ -120,6 +120,12 @@ class DemoConfig:
     device: str = "cpu"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.pretrain_epochs < 1:
+            raise DinoevalError(f"--pretrain-epochs must be at least 1, got {self.pretrain_epochs}")
+        if not self.pretrain_minutes > 0:
+            raise DinoevalError(f"--pretrain-minutes must be positive, got {self.pretrain_minutes}")
+
     def dataset(self) -> DemoData:
         if self.data not in DATASETS:
             raise DinoevalError(f"demo data must be one of {', '.join(DATASETS)}, got "

@@ -101,6 +101,16 @@ def test_demo_pretrain_trains_a_short_schedule_then_evaluates_it(tmp_path: Path)
     assert ckpt.exists()
 
 
+@pytest.mark.parametrize(("option", "value"), [("--pretrain-epochs", "0"),
+                                             ("--pretrain-minutes", "-1")])
+def test_demo_pretrain_rejects_a_bad_schedule_or_budget(tmp_path: Path, option: str,
+                                                        value: str) -> None:
+    res = CliRunner().invoke(app, ["demo", "--pretrain", option, value, "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert option in res.output
+    assert not (tmp_path / "pretrain").exists()
+
+
 def _rows(spec: str, knn: float, jaccard: float | None) -> pd.DataFrame:
     rows = [Row("knn", "top1", knn, "k=20", 10), Row("knn", "top1", 0.0, "k=10", 10)]
     if jaccard is not None:
