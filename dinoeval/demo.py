@@ -365,8 +365,11 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
             run = _attention(b, test_src, config, progress)
             attention_runs.append((role, run))
             frames.append(attention_frame(run, test_src))
+    # Results name a shipped checkpoint by its path inside the package, not this machine's path.
+    shown = {spec: spec.replace(ckpt, _display_path(ckpt)) for _, spec in specs}
     frame = concat(frames)
-    roles = {spec: role for role, spec in specs}
+    frame["backbone"] = frame["backbone"].map(lambda s: shown.get(s, s))
+    roles = {shown[spec]: role for role, spec in specs}
     summary = summarize(frame, roles, k=config.knn_k)
     targets = check_targets(summary, config.data)
     files = write_outputs(out, frame, summary, targets, attention_runs, test_src, config, ds,
@@ -382,11 +385,10 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
 
 def _display_path(path: str) -> str:
     """A checkpoint path relative to the package when it is a shipped one."""
-    p = Path(path)
-    try:
-        return str(p.resolve().relative_to(ASSETS.parent.parent.parent))
-    except ValueError:
+    p = Path(path).resolve()
+    if not p.is_relative_to(ASSETS.resolve()):
         return path
+    return str(p.relative_to(ASSETS.parent.parent.parent.resolve()))
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -496,7 +498,7 @@ def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
     summary.to_csv(files["summary.csv"], index=False)
     files["config.json"] = out / "config.json"
     files["config.json"].write_text(json.dumps(
-        {"demo": dataclasses.asdict(config), "ckpt": ckpt,
+        {"demo": dataclasses.asdict(config), "ckpt": _display_path(ckpt),
          "train": config.train or ds.train, "test": config.test or ds.test}, indent=1,
         default=str))
     try:
