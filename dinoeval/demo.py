@@ -51,6 +51,7 @@ class DemoData:
     checkpoint: str  # file name under ASSETS
     recipe: str  # the name in pretrain.config.RECIPES that trained the shipped checkpoint
     title: str
+    out: str  # where ``dinoeval demo --data NAME`` writes unless told otherwise
     baselines: tuple[tuple[str, str, str], ...] = ()  # (what, value, where) published numbers
 
 
@@ -62,12 +63,12 @@ DATASETS: dict[str, DemoData] = {
         name="shapes", train=SHAPES_TRAIN, test=SHAPES_TEST,
         checkpoint="shapes_vit_d128x3_p4_32px.pth",
         recipe="shapes-cpu",  # assets/checkpoints/README.md has the command
-        title="procedural shapes (6 classes, 64 px, masks)"),
+        title="procedural shapes (6 classes, 64 px, masks)", out="results/demo"),
     "fashion-mnist": DemoData(
         name="fashion-mnist", train="fashion-mnist:train", test="fashion-mnist:test",
         checkpoint="fmnist_vit_d128x3_p7.pth",
         recipe="fmnist-cpu",
-        title="Fashion-MNIST (10 classes, 28 px)",
+        title="Fashion-MNIST (10 classes, 28 px)", out="results/demo_fmnist",
         baselines=(
             ("raw pixels, k-NN (k=5, distance-weighted, scikit-learn), Zalando's benchmark",
              "about 85-86%", "github.com/zalandoresearch/fashion-mnist#benchmark"),

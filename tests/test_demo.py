@@ -69,6 +69,21 @@ def test_demo_command_prints_the_table_and_targets(tiny_ckpt: Path, tmp_path: Pa
     assert (out / "results.csv").exists() and not (out / "attention").exists()
 
 
+def test_demo_on_fashion_mnist_does_not_overwrite_the_shapes_results(
+        tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without --out each dataset has its own folder (shapes' train/test stand in for FM here,
+    # so the test needs no installed dataset).
+    monkeypatch.chdir(tmp_path)
+    args = ["demo", "--ckpt", str(tiny_ckpt), "--train", SMALL_TRAIN, "--test", SMALL_TEST,
+            "--attention-images", "0", "--linear-epochs", "1"]
+    for data in ("shapes", "fashion-mnist"):
+        res = CliRunner().invoke(app, [*args, "--data", data])
+        assert res.exit_code == 0, res.output
+    shapes_md = (tmp_path / "results" / "demo" / "results.md").read_text()
+    fm_md = (tmp_path / "results" / "demo_fmnist" / "results.md").read_text()
+    assert "procedural shapes" in shapes_md and "Fashion-MNIST" in fm_md
+
+
 def test_demo_command_rejects_unknown_data_with_exit_code_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--data", "imagenet", "--out", str(tmp_path)])
     assert res.exit_code == 2

@@ -26,9 +26,10 @@ def demo(
     pretrain_minutes: Annotated[float, typer.Option(
         help="Time budget of --pretrain, in minutes: it stops there even if the schedule has "
              "steps left.")] = 3.0,
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Folder for results.csv, results.md, report.html, attention/.")]
-        = Path("results/demo"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for results.csv, results.md, report.html, attention/ "
+                            "(default: results/demo, or results/demo_fmnist with --data "
+                            "fashion-mnist).")] = None,
     train: Annotated[str | None, typer.Option(
         help="Override the train split (e.g. shapes:train@n=1000).")] = None,
     test: Annotated[str | None, typer.Option(
@@ -44,7 +45,8 @@ def demo(
     Evaluates a small DINO ViT (shipped in the package, trained by `dinoeval pretrain`), the same
     architecture with random weights, and raw pixels: weighted k-NN, linear probe, k-means,
     collapse and neural-collapse statistics, and the Jaccard of attention masks against the
-    objects' true masks. Prints one table and writes results/demo/. Examples:
+    objects' true masks. Prints one table and writes results/demo/ (results/demo_fmnist/ for
+    Fashion-MNIST). Examples:
 
       dinoeval demo
 
@@ -63,7 +65,7 @@ def demo(
         console.print(f"[bold]dinoeval demo[/] on {ds.title}")
         with progress_factory() as pf:
             events = _pretrain_events(pretrain_minutes) if pretrain else None
-            result = run_demo(cfg, out, progress=pf, on_pretrain_event=events)
+            result = run_demo(cfg, out or Path(ds.out), progress=pf, on_pretrain_event=events)
         for note in result.notes:
             console.print(f"[dim]{note}[/]")
         _print_summary(result.summary, title=f"dinoeval demo — {ds.title}")
