@@ -201,7 +201,8 @@ def augmented_pair_features(backbone: Backbone, source: ImageSource, indices: np
     for s in range(0, len(indices), step):
         imgs = torch.as_tensor(np.stack([source.load(int(i)) for i in indices[s : s + step]]))
         views, _ = crops(imgs, gen)
-        f = forward_features(backbone, views.to(device), kind).float().cpu().numpy()
+        f = forward_features(backbone, views.to(device), kind,
+                             grayscale=source.grayscale).float().cpu().numpy()
         out[0].append(f[: len(imgs)])
         out[1].append(f[len(imgs) :])
     return np.concatenate(out[0]), np.concatenate(out[1])

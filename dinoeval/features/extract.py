@@ -10,7 +10,8 @@ Feature kinds (``FEATURE_KINDS``):
 * ``cls+avgpool-v2``: the same two vectors concatenated ``[cls, avg]`` (DINOv2's order);
 * ``patch``: patch tokens after the final norm, ``(N, T, D)`` (prefix/register tokens removed).
 
-``pixels`` backbones give the raw image as ``[0, 1]`` floats, flattened, whatever the kind.
+``pixels`` backbones give the raw image as ``[0, 1]`` floats, flattened, whatever the kind (one
+channel for grayscale sources).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dinoeval.models.backbone import Backbone
 log = logging.getLogger(__name__)
 
 FEATURE_KINDS = ("cls", "cls-last4", "cls+avgpool", "cls+avgpool-v2", "patch")
-FEATURE_CODE_VERSION = "1"
+FEATURE_CODE_VERSION = "2"  # 2: pixels of grayscale sources keep one channel
 
 
 @dataclass
@@ -79,10 +80,15 @@ def make_transform(backbone: Backbone, source: ImageSource,
 
 
 @torch.inference_mode()
-def forward_features(backbone: Backbone, x_BCHW: torch.Tensor, kind: str) -> torch.Tensor:
-    """Features of a normalised batch: ``(B, D')`` (or ``(B, T, D)`` for ``patch``)."""
+def forward_features(backbone: Backbone, x_BCHW: torch.Tensor, kind: str, *,
+                     grayscale: bool = False) -> torch.Tensor:
+    """Features of a normalised batch: ``(B, D')`` (or ``(B, T, D)`` for ``patch``).
+
+    ``grayscale``: the batch is a one-channel image repeated to RGB; ``pixels`` then keep one
+    channel (``H*W`` dims, as in the published pixel baselines, not ``3*H*W`` copies).
+    """
     if backbone.kind == "pixels":
-        return x_BCHW.flatten(1)
+        return (x_BCHW[:, :1] if grayscale else x_BCHW).flatten(1)
     model = backbone.model
     assert model is not None
     n_last = 4 if kind == "cls-last4" else 1
@@ -210,7 +216,8 @@ def extract_features(
     for x, idx, ok in iterate_batches(source, transform, batch_size=batch_size,
                                       num_workers=num_workers, skip_bad_images=skip_bad_images):
         with autocast:
-            f = forward_features(backbone, x.to(device, non_blocking=True), kind)
+            f = forward_features(backbone, x.to(device, non_blocking=True), kind,
+                                 grayscale=source.grayscale)
         f = f.float().cpu().numpy()
         chunks.append(f[ok])
         kept.append(idx[ok])

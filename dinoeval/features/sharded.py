@@ -163,7 +163,8 @@ def extract_shard(
         for x, idx, ok in iterate_batches(part, transform, batch_size=batch_size,
                                           num_workers=num_workers, skip_bad_images=skip_bad_images):
             with autocast:
-                f = forward_features(backbone, x.to(device, non_blocking=True), kind)
+                f = forward_features(backbone, x.to(device, non_blocking=True), kind,
+                                     grayscale=source.grayscale)
             chunks.append(f.float().cpu().numpy()[ok])
             kept.append(idx[ok] + start)
             done += len(idx)

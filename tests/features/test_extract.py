@@ -128,3 +128,16 @@ def test_subset_spec_is_seeded_and_ordered():
     b = get_source("digits[:100]")
     assert len(a) == 100 and a.fingerprint() == b.fingerprint()
     assert get_source("digits:train").fingerprint() != get_source("digits:test").fingerprint()
+
+
+def test_pixels_are_the_raw_image_with_one_channel_for_grayscale_sources():
+    # Published pixel baselines (Fashion-MNIST: 784 dims) use the single channel; repeating it to
+    # RGB would triple memory and time for the same cosine k-NN.
+    pixels = load_backbone("pixels")
+    gray = make_source(n=6, size=8, rgb=False, spec="gray")
+    rgb = make_source(n=6, size=8, rgb=True, spec="rgb")
+    g = extract_features(pixels, gray, batch_size=4).features
+    np.testing.assert_allclose(g, gray.images.reshape(6, 64) / 255.0, rtol=0, atol=1e-7)
+    c = extract_features(pixels, rgb, batch_size=4).features
+    expected = rgb.images.transpose(0, 3, 1, 2).reshape(6, 3 * 64) / 255.0  # CHW order
+    np.testing.assert_allclose(c, expected, rtol=0, atol=1e-7)

@@ -178,8 +178,8 @@ def test_random_and_pixel_backbones(tiny_vit, tmp_path):
     assert r.arch.embed_dim == 192 and r.content_hash.startswith("random-")
     src = make_source(n=3, size=8, rgb=False)
     px = extract_features(load_backbone("pixels"), src)
-    assert px.features.shape == (3, 3 * 64)
-    expected = np.repeat(src.images[:, None], 3, axis=1).reshape(3, -1) / 255.0
+    assert px.features.shape == (3, 64)  # a grayscale source: one channel
+    expected = src.images.reshape(3, -1) / 255.0
     np.testing.assert_allclose(px.features, expected, rtol=1e-6)
     with pytest.raises(DinoevalError, match="unknown architecture"):
         load_backbone("random:resnet50")

@@ -79,9 +79,9 @@ def test_rerun_extracts_only_missing_shard(backbone, tmp_path, monkeypatch):
     seen = []
     real = sh.forward_features
 
-    def counting(bb, x, kind):
+    def counting(bb, x, kind, **kw):
         seen.append(len(x))
-        return real(bb, x, kind)
+        return real(bb, x, kind, **kw)
 
     monkeypatch.setattr(sh, "forward_features", counting)
     assert extract_sharded(backbone, src, cache_dir=cache, rank=0, world_size=2, batch_size=4) is None
