@@ -122,6 +122,16 @@ def test_cli_runs_and_reports_errors(tmp_path):
     assert res.exit_code == 2 and "lr" in res.output
     res = runner.invoke(app, ["pretrain", "--resume", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no checkpoint" in res.output
+    # Fashion-MNIST's 14 px local crops with patch 4: a one-line error naming the fix, no run
+    bad = tmp_path / "p4"
+    res = runner.invoke(app, ["pretrain", "--recipe", "fmnist-cpu", "--patch-size", "4",
+                              "--out", str(bad)])
+    assert res.exit_code == 2, res.output
+    assert "local crop side 14 px" in res.output and "local_size=N" in res.output
+    assert not (bad / "checkpoint.pth").exists()
+    res = runner.invoke(app, ["pretrain", "--recipe", "fmnist-cpu", "--img-size", "30",
+                              "--out", str(bad)])
+    assert res.exit_code == 2 and "--img-size" in res.output, res.output
 
 
 def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path, tiny_config):
