@@ -367,18 +367,19 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
             attention_runs.append((role, run))
             frames.append(attention_frame(run, test_src))
     # Results name a shipped checkpoint by its path inside the package, not this machine's path.
-    shown = {spec: spec.replace(ckpt, _display_path(ckpt)) for _, spec in specs}
+    ckpt_shown = _display_path(ckpt)
+    shown = {spec: spec.replace(ckpt, ckpt_shown) for _, spec in specs}
     frame = concat(frames)
     frame["backbone"] = frame["backbone"].map(lambda s: shown.get(s, s))
     roles = {shown[spec]: role for role, spec in specs}
     summary = summarize(frame, roles, k=config.knn_k)
     targets = check_targets(summary, config.data)
     files = write_outputs(out, frame, summary, targets, attention_runs, test_src, config, ds,
-                          ckpt)
+                          ckpt_shown)
     seconds = time.perf_counter() - t_start
     files["results.md"] = out / "results.md"
     files["results.md"].write_text(summary_markdown(
-        summary, targets, ds=ds, ckpt=_display_path(ckpt), train=train_src.spec,
+        summary, targets, ds=ds, ckpt=ckpt_shown, train=train_src.spec,
         test=test_src.spec, seconds=seconds, peak_rss_mb=peak_rss_mb()))
     return DemoResult(frame=frame, summary=summary, targets=targets, files=files, notes=notes,
                       seconds=seconds)
@@ -487,7 +488,7 @@ def peak_rss_mb() -> float | None:
 def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
                   targets: list[TargetCheck], attention_runs: list[tuple[str, Any]],
                   test_src: ImageSource, config: DemoConfig, ds: DemoData,
-                  ckpt: str) -> dict[str, Path]:
+                  ckpt: str) -> dict[str, Path]:  # ckpt: as shown in results
     """Write ``results.csv`` (replaced, not appended), ``summary.csv``, ``config.json``,
     ``report.html`` and ``attention/index.html``."""
     import json
@@ -499,7 +500,7 @@ def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
     summary.to_csv(files["summary.csv"], index=False)
     files["config.json"] = out / "config.json"
     files["config.json"].write_text(json.dumps(
-        {"demo": dataclasses.asdict(config), "ckpt": _display_path(ckpt),
+        {"demo": dataclasses.asdict(config), "ckpt": ckpt,
          "train": config.train or ds.train, "test": config.test or ds.test}, indent=1,
         default=str))
     try:

@@ -109,11 +109,11 @@ class PretrainConfig:
         if width % heads:
             raise DinoevalError(f"width {width} is not divisible by {heads} heads; "
                                 "set --num-heads")
-        for what, side, fix in (("global crop", img, "--img-size"),
+        for what, side, fix in (("global crop", img, "--img-size N"),
                                 ("local crop", local, "--set local_size=N")):
             if side % p:
                 raise DinoevalError(f"{what} side {side} px is not a multiple of patch size {p}; "
-                                    f"set {fix} to a multiple of {p} (e.g. {max(p, side // p * p)})")
+                                    f"pass {fix} with N a multiple of {p} (e.g. {max(p, side // p * p)})")
         return dataclasses.replace(self, img_size=img, local_size=local, embed_dim=width,
                                    depth=self.depth or kw["depth"], num_heads=heads)
 
