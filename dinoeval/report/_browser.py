@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -113,25 +114,43 @@ def check_page(path: str | Path, *, width: int = 1400, height: int = 1800,
     if binary is None:
         raise RuntimeError("chromium not found (apt-get install chromium)")
     url = Path(path).resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="dinoeval-chromium-") as profile:
-        proc = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    profile = tempfile.mkdtemp(prefix="dinoeval-chromium-")
+    # Chromium forks zygote, GPU and renderer processes that keep writing to the profile for a
+    # moment after the browser process exits; give them a process group of their own so that
+    # all of them are stopped before the profile is removed.
+    proc = subprocess.Popen(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         f"--window-size={width},{height}", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        port = _devtools_port(Path(profile), proc, timeout)
+        cdp = _Cdp(_page_ws_url(port, timeout))
         try:
-            port = _devtools_port(Path(profile), proc, timeout)
-            cdp = _Cdp(_page_ws_url(port, timeout))
-            try:
-                return _inspect(cdp, url, width, height, screenshot, timeout)
-            finally:
-                cdp.close()
+            return _inspect(cdp, url, width, height, screenshot, timeout)
         finally:
-            proc.terminate()
+            cdp.close()
+    finally:
+        _stop_process_group(proc)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM every process in ``proc``'s group, wait up to ``grace`` s, then SIGKILL the rest."""
+    pgid = proc.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            proc.poll()  # reap the leader so the group can empty
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+    proc.wait()
 
 
 def _devtools_port(profile: Path, proc: subprocess.Popen, timeout: float) -> int:

@@ -62,3 +62,35 @@ def test_the_browser_check_catches_broken_pages(tmp_path):
     assert check.images and check.images[0][0] == 0
     assert any("boom" in e for e in check.console_errors)
     assert check.overflow_x
+
+
+def test_the_browser_leaves_no_process_or_profile_behind(tmp_path, monkeypatch):
+    # Chromium's helper processes kept writing to the profile after the browser exited, and
+    # removing the profile failed with "Directory not empty" (seen once in CI).
+    import os
+
+    import dinoeval.report._browser as browser
+
+    profiles, procs = [], []
+    real_mkdtemp, real_popen = browser.tempfile.mkdtemp, browser.subprocess.Popen
+
+    def mkdtemp(*a, **kw):
+        profiles.append(real_mkdtemp(*a, **kw))
+        return profiles[-1]
+
+    def popen(*a, **kw):
+        procs.append(real_popen(*a, **kw))
+        return procs[-1]
+
+    monkeypatch.setattr(browser.tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(browser.subprocess, "Popen", popen)
+    page = tmp_path / "p.html"
+    page.write_text("<!DOCTYPE html><html><body><p>hi</p></body></html>")
+    for _ in range(2):
+        assert check_page(page, screenshot=False).loaded
+    assert len(profiles) == len(procs) == 2
+    for profile, proc in zip(profiles, procs, strict=True):
+        assert not os.path.exists(profile), f"profile {profile} was left behind"
+        assert proc.returncode is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # nothing is left in chromium's process group
