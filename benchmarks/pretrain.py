@@ -9,8 +9,8 @@ the usual way, one PIL image at a time through torchvision transforms, on the sa
 reference the batched augmentation replaces.
 
 Configs:
-  * ``fmnist-cpu``  — the Fashion-MNIST recipe (ViT d64x2/7 at 28 px, 2x28 + 4x14 crops, K=256,
-                      batch 64);
+  * ``fmnist-cpu``  — the Fashion-MNIST recipe (ViT d128x3/7 at 28 px, 2x28 + 4x14 crops,
+                      K=1024, BatchNorm head, batch 64);
   * ``vit_d128x3_p4_28px`` — a wider ViT d128x3/4 at 28 px, 2x28 + 4x12 crops, K=1024, batch 64;
   * ``vit_small_224`` — ViT-S/16 with the paper's crops (2x224 + 8x96, K=65536), batch 8 on CPU
                       and 64 on a GPU.
