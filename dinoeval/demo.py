@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dinoeval.checks import at_least, check_device, check_output_dir, positive
 from dinoeval.data import get_source
 from dinoeval.data._base import ImageSource
 from dinoeval.errors import DinoevalError
@@ -122,10 +123,12 @@ class DemoConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pretrain_epochs < 1:
-            raise DinoevalError(f"--pretrain-epochs must be at least 1, got {self.pretrain_epochs}")
-        if not self.pretrain_minutes > 0:
-            raise DinoevalError(f"--pretrain-minutes must be positive, got {self.pretrain_minutes}")
+        at_least("--pretrain-epochs", self.pretrain_epochs, 1)
+        positive("--pretrain-minutes", self.pretrain_minutes)
+        at_least("--linear-epochs", self.linear_epochs, 1)
+        at_least("--attention-images", self.attention_images, 0)
+        at_least("--seed", self.seed, 0)
+        check_device(self.device)
 
     def dataset(self) -> DemoData:
         if self.data not in DATASETS:
@@ -329,7 +332,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
     """Run the whole demo and write its files under ``out_dir`` (see the module docstring)."""
     t_start = time.perf_counter()
     ds = config.dataset()
-    out = Path(out_dir)
+    out = check_output_dir(Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if config.pretrain:

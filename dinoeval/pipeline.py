@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from dinoeval.checks import at_least, check_device, one_of, positive
 from dinoeval.data import get_source
 from dinoeval.data._base import ImageSource
+from dinoeval.errors import DinoevalError
 from dinoeval.eval.knn import DEFAULT_KS, KnnResult, knn_classify
 from dinoeval.features import FeatureSet, extract_features
+from dinoeval.features.extract import FEATURE_KINDS
 from dinoeval.models import Backbone, load_backbone
 from dinoeval.results import Context, to_frame
 
@@ -35,6 +38,9 @@ class BackboneOptions:
     num_heads: int | None = None
     pixel_size: int | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least("--seed", self.seed, 0)
 
     def load(self, spec: str) -> Backbone:
         return load_backbone(spec, checkpoint_key=self.checkpoint_key, weights=self.weights,
@@ -54,6 +60,13 @@ class ExtractOptions:
     skip_bad_images: bool = False
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        one_of("--feature", self.feature, FEATURE_KINDS)
+        at_least("--batch-size", self.batch_size, 1)
+        at_least("--workers", self.num_workers, 0)
+        one_of("--precision", self.precision, ("fp32", "bf16"))
+        check_device(self.device)
+
 
 @dataclass(frozen=True, kw_only=True)
 class KnnConfig:
@@ -62,6 +75,13 @@ class KnnConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     temperature: float = 0.07
     per_class: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.ks:
+            raise DinoevalError("give at least one --k")
+        for k in self.ks:
+            at_least("--k", k, 1)
+        positive("--temperature", self.temperature)
 
 
 def get_features(backbone: Backbone, source: ImageSource, opts: ExtractOptions,
@@ -123,12 +143,26 @@ def run_knn(
 
 
 def save_config(path: str | Path, **configs: object) -> Path:
-    """Write the resolved configs beside a results file (``<results>.config.json``)."""
+    """Record the resolved configs beside a results file, in ``<results>.config.json``.
+
+    The file holds ``{"runs": [...]}``, one entry (a timestamp and the configs) per command that
+    appended rows to the table, oldest first: like the rows, earlier settings are never lost.
+    """
     path = Path(path)
     out = path.with_name(path.name + ".config.json")
-    payload = {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v
-               for k, v in configs.items()}
-    out.write_text(json.dumps(payload, indent=1, default=str))
+    entry = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+             **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v
+                for k, v in configs.items()}}
+    runs: list[object] = []
+    if out.exists():
+        try:
+            old = json.loads(out.read_text())
+            runs = old["runs"] if isinstance(old, dict) and "runs" in old else [old]
+        except (OSError, ValueError):  # unreadable: keep it aside, never fail after the work
+            out.replace(out.with_name(out.name + ".bak"))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"runs": [*runs, entry]}, indent=1, default=str))
+    tmp.replace(out)
     return out
 
 

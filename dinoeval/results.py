@@ -89,14 +89,31 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return df[list(COLUMNS)].astype(_DTYPES)
 
 
+def check_results_path(path: str | Path) -> Path:
+    """Validate an ``--out`` results file before any work: a ``.csv``/``.parquet`` name whose
+    folder can exist and, when the file exists, a dinoeval results table (rows get appended)."""
+    from dinoeval.checks import check_output_path
+
+    path = check_output_path(Path(path))
+    if path.suffix not in (".csv", ".parquet"):
+        raise DinoevalError(f"results file {path} must end in .csv or .parquet")
+    if path.exists():
+        read_results(path)
+    return path
+
+
 def append_results(path: str | Path, df: pd.DataFrame) -> Path:
     """Append ``df`` to ``path`` (CSV or ``.parquet``), atomically: the old rows are never lost."""
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):
         raise DinoevalError(f"results file {path} must end in .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
     combined = concat([read_results(path), df]) if path.exists() else concat([df])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise DinoevalError(f"cannot write results file {path}: {err.strerror or err}; choose "
+                            "a writable --out") from None
     os.close(fd)
     try:
         if path.suffix == ".parquet":

@@ -95,10 +95,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise DinoevalError(f"no checkpoint at {path}; start a run with --out DIR first")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise DinoevalError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    from dinoeval.models.checkpoints import load_file
+
+    obj = load_file(path)  # weights_only; one-line errors for empty, truncated or unsafe files
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise DinoevalError(f"{path} is not a pretrain checkpoint (format {FORMAT}); "
                             "only runs written by `dinoeval pretrain` can be resumed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,22 +29,45 @@ console = Console(stderr=True)
 out_console = Console()
 
 
+DEBUG_ENV = "DINOEVAL_DEBUG"
+
+
+def _error_line(message: str, code: int) -> typer.Exit:
+    # Messages hold paths and class names such as "photo[1].jpg": never parse them as markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn :class:`DinoevalError` (and missing files) into one red line and exit code 2."""
+    """One red line and a non-zero exit instead of a traceback.
+
+    :class:`DinoevalError` (bad input) and file-system errors exit with code 2; anything else is
+    a bug in dinoeval or its libraries: one line naming the exception and exit code 1, with the
+    full traceback when the environment variable ``DINOEVAL_DEBUG`` is set.
+    """
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console,
                         show_path=False)], format="%(message)s", force=True)
     try:
         yield
     except DinoevalError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise _error_line(str(err), 2) from None
     except FileNotFoundError as err:
-        console.print(f"[bold red]error:[/] file not found: {err.filename}", highlight=False)
-        raise typer.Exit(2) from None
+        raise _error_line(f"file not found: {err.filename}", 2) from None
+    except OSError as err:  # a folder where a file should be, no permission, disk full, ...
+        where = f" ({err.filename})" if err.filename else ""
+        raise _error_line(f"{err.strerror or err}{where}", 2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = (str(err).splitlines() or [""])[0]
+        raise _error_line(f"unexpected {type(err).__name__}: {first} (a dinoeval bug; rerun "
+                          f"with {DEBUG_ENV}=1 for the traceback and report it)", 1) from None
 
 
 def make_progress() -> Progress:
@@ -63,11 +88,12 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
             if c not in ("metric", "value", "param") and show[c].astype(str).nunique() == 1:
                 caption.append(f"{c}={show[c].iloc[0]}")
                 show = show.drop(columns=c)
-    table = Table(title=title, caption=" · ".join(caption) or None, header_style="bold cyan")
+    table = Table(title=title, caption=escape(" · ".join(caption)) or None,
+                  header_style="bold cyan")
     for c in show.columns:
-        table.add_column(str(c), justify="right" if c in ("value", "n", "seconds") else "left")
+        table.add_column(escape(str(c)), justify="right" if c in ("value", "n", "seconds") else "left")
     for _, r in show.iterrows():
-        table.add_row(*[_fmt(v) for v in r])
+        table.add_row(*[escape(_fmt(v)) for v in r])
     out_console.print(table)
 
 
@@ -75,6 +101,14 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return "" if pd.isna(v) else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
     return "" if v is None or v is pd.NA else str(v)
+
+
+def check_out(out: Path | None) -> None:
+    """Fail on a bad ``--out`` results file before the work (see ``check_results_path``)."""
+    if out is not None:
+        from dinoeval.results import check_results_path
+
+        check_results_path(out)
 
 
 def write_results(df: pd.DataFrame, out: Path | None) -> None:
@@ -117,13 +151,20 @@ OutOpt = Annotated[Path | None, typer.Option(
 
 
 def backbone_options(checkpoint_key: str, weights: str | None, img_size: int | None,
-                     num_heads: int | None, pixel_size: int | None):  # -> BackboneOptions
+                     num_heads: int | None, pixel_size: int | None, *,
+                     ckpts: list[str]):  # -> BackboneOptions
+    """The validated backbone options of a command that loads the backbones ``ckpts``."""
+    from dinoeval.checks import one_of
+    from dinoeval.errors import DinoevalError
     from dinoeval.pipeline import BackboneOptions
 
-    if checkpoint_key not in ("teacher", "student"):
-        from dinoeval.errors import DinoevalError
-
-        raise DinoevalError(f"--checkpoint-key must be teacher or student, got {checkpoint_key!r}")
+    one_of("--checkpoint-key", checkpoint_key, ("teacher", "student"))
+    if weights is not None and not any(c.startswith("timm:") for c in ckpts):
+        raise DinoevalError("--weights is the state dict of a timm:NAME backbone, and no --ckpt "
+                            "is one; drop it (a checkpoint file holds its own weights)")
+    if pixel_size is not None and "pixels" not in ckpts:
+        raise DinoevalError("--pixel-size resizes the pixels backbone, and no --ckpt is pixels; "
+                            "use --img-size for a ViT")
     return BackboneOptions(checkpoint_key=checkpoint_key, weights=weights, img_size=img_size,
                            num_heads=num_heads, pixel_size=pixel_size)
 

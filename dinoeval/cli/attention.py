@@ -17,6 +17,7 @@ from dinoeval.cli._common import (
     NumHeadsOpt,
     WeightsOpt,
     backbone_options,
+    check_out,
     console,
     print_results,
     progress_factory,
@@ -70,7 +71,8 @@ def attention(
 
       dinoeval attention --ckpt A --images cat.jpg --images street.png --out reports/attn
     """
-    from dinoeval.data import get_source
+    from dinoeval.checks import check_device, check_output_dir
+    from dinoeval.data import BadImageError, get_source
     from dinoeval.errors import DinoevalError
     from dinoeval.eval.attention_runner import AttentionConfig, FileListSource, attention_report
     from dinoeval.pipeline import specs
@@ -90,15 +92,22 @@ def attention(
             raise DinoevalError(f"--n must be positive and --show >= 0, got {n} and {show}")
         if batch_size <= 0:
             raise DinoevalError(f"--batch-size must be positive, got {batch_size}")
+        check_out(results)
+        check_output_dir(out)
+        check_device(device)
         config = AttentionConfig(block=block, mass=mass, resize=resize, fit=fit,
                                  batch_size=batch_size, device=device)
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, None)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, None, ckpts=ckpt)
         source = FileListSource(images or []) if images else get_source(data or "")
         indices = list(range(min(n, len(source)))) if not images else list(range(len(source)))
         loaders = [functools.partial(bopts.load, s) for s in specs(ckpt)]
-        with progress_factory() as pf:
-            report = attention_report(loaders, source, indices, config, out, progress=pf,
-                                      show=show, png_figures=png)
+        try:
+            with progress_factory() as pf:
+                report = attention_report(loaders, source, indices, config, out, progress=pf,
+                                          show=show, png_figures=png)
+        except BadImageError as err:  # attention has no --skip-bad-images: say what to do here
+            raise BadImageError(err.path, err.reason, hint="fix or delete it, or leave it out "
+                                "of the images drawn") from None
         for run in report.runs:
             console.print(f"[dim]{run.label}: {run.prep}[/]", highlight=False)
             for note in run.notes:

@@ -23,6 +23,7 @@ from dinoeval.cli._common import (
     WeightsOpt,
     WorkersOpt,
     backbone_options,
+    check_out,
     console,
     print_results,
     progress_factory,
@@ -66,12 +67,14 @@ def knn(
     from dinoeval.results import concat
 
     with user_errors():
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
+                                 ckpts=ckpt)
         eopts = ExtractOptions(feature=feature, batch_size=batch_size, device=device,
                                num_workers=workers, precision=precision,
                                skip_bad_images=skip_bad_images, cache_dir=cache_dir)
         cfg = KnnConfig(ks=tuple(k) if k else KnnConfig().ks, temperature=temperature,
                         per_class=per_class)
+        check_out(out)
         frames = []
         for spec in specs(ckpt):
             with progress_factory() as pf:
@@ -108,10 +111,13 @@ def extract(
     The directory is a feature cache: pass it as --cache-dir to knn/linear/collapse-stats and
     they reuse the features when the checkpoint, data and settings match.
     """
+    from dinoeval.checks import check_output_dir
     from dinoeval.pipeline import ExtractOptions, run_extract
 
     with user_errors():
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
+        check_output_dir(out)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
+                                 ckpts=[ckpt])
         eopts = ExtractOptions(feature=feature, batch_size=batch_size, device=device,
                                num_workers=workers, precision=precision,
                                skip_bad_images=skip_bad_images)

@@ -31,12 +31,23 @@ def report(
     Examples: dinoeval report results.csv --format latex --eval knn -o table.tex;
     dinoeval report results.csv --html reports/summary.html --pretrain-log runs/fm
     """
+    from dinoeval.checks import check_output_path
     from dinoeval.errors import DinoevalError
+    from dinoeval.report.html import check_pretrain_log
     from dinoeval.results import concat, pivot, read_results, render
 
     with user_errors():
         if format not in ("markdown", "latex", "csv"):
             raise DinoevalError(f"--format must be markdown, latex or csv, got {format!r}")
+        for path, option in ((output, "--output"), (html, "--html")):
+            if path is None:
+                continue
+            check_output_path(path, option)
+            if any(path.resolve() == p.resolve() for p in results):
+                raise DinoevalError(f"{option} {path} is one of the input tables; writing there "
+                                    "would destroy its rows: choose another file")
+        if pretrain_log is not None:
+            check_pretrain_log(pretrain_log)
         df = concat([read_results(p) for p in results])
         if eval:
             df = df[df["eval"].isin(eval)]
@@ -47,9 +58,6 @@ def report(
         if html is not None:
             from dinoeval.report.html import write_results_report
 
-            if pretrain_log is not None and not pretrain_log.exists():
-                raise DinoevalError(f"pretrain log {pretrain_log} not found; pass a run folder "
-                                    "or its log.csv")
             console.print(f"[green]wrote[/] {write_results_report(df, html, pretrain_log=pretrain_log)}")
         text = render(pivot(df), format)
         if output is None:

@@ -29,6 +29,7 @@ from dinoeval.cli._common import (
     WeightsOpt,
     WorkersOpt,
     backbone_options,
+    check_out,
     console,
     print_results,
     progress_factory,
@@ -49,6 +50,9 @@ def init_distributed(device: str) -> tuple[int, int, str, bool]:
     """
     import torch.distributed as dist
 
+    from dinoeval.checks import check_device
+
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device.startswith("cuda") and ":" not in device and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -96,6 +100,17 @@ def bank_file(entry: Path, dtype: str) -> Path:
     return out
 
 
+def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """``np.load`` with a one-line error naming a missing, truncated or corrupt file."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise DinoevalError(f"{path} is missing; extract the features again") from None
+    except (OSError, ValueError) as err:
+        raise DinoevalError(f"{path} is truncated or corrupt ({err}); extract the features "
+                            "again") from None
+
+
 def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *, ks: tuple[int, ...],
                  temperature: float, max_memory: str, bank_dtype: str, backend: str,
                  device: str) -> tuple[Any, dict[str, Any]]:
@@ -120,9 +135,9 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *, ks: tuple[int, .
     budget = working_budget(max_memory)  # --max-memory bounds the whole process
     meta = json.loads((val_e / "meta.json").read_text())
     bank = bank_file(train_e, bank_dtype)
-    train_y = np.load(train_e / "labels.npy")
-    val_x = np.load(val_e / "features.npy", mmap_mode="r")
-    val_y = np.load(val_e / "labels.npy")
+    train_y = _load_npy(train_e / "labels.npy")
+    val_x = _load_npy(val_e / "features.npy", mmap=True)
+    val_y = _load_npy(val_e / "labels.npy")
     reader = BankReader(bank)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         result = knn_classify_distributed(bank, train_y, np.asarray(val_x), val_y, ks=ks,
@@ -186,7 +201,8 @@ def extract_sharded(
     with user_errors():
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
+                                 ckpts=[ckpt])
         created, in_group = False, False
         if rank is None:
             rank, world_size, device, created = init_distributed(device)
@@ -248,6 +264,7 @@ def knn_bank(
     from dinoeval.eval.knn import DEFAULT_KS
 
     with user_errors():
+        check_out(out)
         rank, _, device, created = init_distributed(device)
         try:
             frame, facts = run_knn_bank(train_feats, val_feats, ks=tuple(k) if k else DEFAULT_KS,

@@ -23,6 +23,7 @@ from dinoeval.cli._common import (
     WeightsOpt,
     WorkersOpt,
     backbone_options,
+    check_out,
     console,
     print_results,
     progress_factory,
@@ -38,6 +39,7 @@ def _run_all(ckpts: list[str], run: Callable, out, title: str, **configs: object
     from dinoeval.pipeline import save_config, specs
     from dinoeval.results import concat
 
+    check_out(out)
     frames = []
     for spec in specs(ckpts):
         with progress_factory() as pf:
@@ -96,7 +98,8 @@ def linear(
     from dinoeval.pipeline import ExtractOptions
 
     with user_errors():
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
+                                 ckpts=ckpt)
         eopts = ExtractOptions(feature=feature, batch_size=batch_size, device=device,
                                num_workers=workers, precision=precision,
                                skip_bad_images=skip_bad_images, cache_dir=cache_dir)
@@ -146,7 +149,8 @@ def clusters(
     with user_errors():
         if seeds < 1:
             raise DinoevalError(f"--seeds must be >= 1, got {seeds}")
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
+                                 ckpts=ckpt)
         eopts = ExtractOptions(feature=feature, batch_size=batch_size, device=device,
                                num_workers=workers, precision=precision,
                                skip_bad_images=skip_bad_images, cache_dir=cache_dir)
@@ -204,7 +208,8 @@ def collapse_stats(
             raise DinoevalError(f"--align-pairs must be >= 0, got {align_pairs}")
         if teacher_temp is not None and teacher_temp <= 0:
             raise DinoevalError(f"--teacher-temp must be > 0, got {teacher_temp}")
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size)
+        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
+                                 ckpts=ckpt)
         kinds = list(dict.fromkeys(feature or ["cls"]))
         eopts = [ExtractOptions(feature=kind, batch_size=batch_size, device=device,
                                 num_workers=workers, precision=precision,

@@ -7,6 +7,7 @@ import hashlib
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +26,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 class BadImageError(DinoevalError):
     """An image file that cannot be decoded."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"cannot read image {path}: {reason} "
-                         "(fix or delete it, or pass --skip-bad-images to skip and count such files)")
-        self.path = str(path)
+    SKIP_HINT = "fix or delete it, or pass --skip-bad-images to skip and count such files"
+
+    def __init__(self, path: str | Path, reason: str, hint: str = SKIP_HINT) -> None:
+        super().__init__(f"cannot read image {path}: {reason} ({hint})")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles across DataLoader workers
+        return (BadImageError, (self.path, self.reason))
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

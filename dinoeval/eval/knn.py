@@ -222,4 +222,10 @@ def validate_inputs(train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
         if num_classes < c:
             raise DinoevalError(f"num_classes={num_classes} but labels go up to {c - 1}")
         c = num_classes
+    unseen = np.setdiff1d(np.unique(test_y), np.unique(train_y))
+    if len(unseen):
+        raise DinoevalError(f"test class{'es' if len(unseen) > 1 else ''} "
+                            f"{', '.join(map(str, unseen[:10].tolist()))} "
+                            f"{'have' if len(unseen) > 1 else 'has'} no train samples, so k-NN "
+                            "can never predict it; use a train split that covers every test class")
     return train_y, test_y, ks, c

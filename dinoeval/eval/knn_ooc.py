@@ -146,16 +146,25 @@ class BankReader:
             self.path = Path(bank)
             if not self.path.exists():
                 raise DinoevalError(f"bank file {self.path} not found; pass a features.npy path")
-            with open(self.path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read(f)
-                self.offset = f.tell()
+            try:
+                with open(self.path, "rb") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(f)
+                    self.offset = f.tell()
+            except ValueError as err:
+                raise DinoevalError(f"bank file {self.path} is not a .npy array ({err}); "
+                                    "extract the features again") from None
             if fortran or len(shape) != 2:
                 raise DinoevalError(f"{self.path}: a bank must be a C-ordered (N, D) array, got "
                                     f"shape {shape}")
             self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+            need = self.offset + int(np.prod(self.shape)) * self.dtype.itemsize
+            have = self.path.stat().st_size
+            if have < need:
+                raise DinoevalError(f"bank file {self.path} is truncated ({have:,} of {need:,} "
+                                    "bytes); extract the features again")
         else:
             self.array = np.asarray(bank)
             if self.array.ndim != 2:

@@ -86,8 +86,12 @@ class LinearProbeConfig:
             raise DinoevalError("learning rates and C must be > 0, weight decays >= 0")
         if not 0 < self.val_fraction < 1:
             raise DinoevalError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 1 or self.max_iter < 1:
-            raise DinoevalError("epochs, batch_size and max_iter must be >= 1")
+        for name, value in (("--epochs", self.epochs), ("batch_size", self.batch_size),
+                            ("max_iter", self.max_iter)):
+            if value < 1:
+                raise DinoevalError(f"{name} of the linear probe must be >= 1, got {value}")
+        if self.seed < 0:
+            raise DinoevalError(f"--seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -66,6 +66,16 @@ class ClusterConfig:
     niter: int = 50
     silhouette_samples: int = 10000
 
+    def __post_init__(self) -> None:
+        if self.k is not None and self.k < 2:
+            raise DinoevalError(f"--k must be >= 2 clusters (or left out: one per class), got "
+                                f"{self.k}")
+        if not self.seeds or self.niter < 1:
+            raise DinoevalError("k-means needs at least one seed and one iteration")
+        if self.silhouette_samples < 0:
+            raise DinoevalError(f"--silhouette-samples must be >= 0 (0 skips the silhouette), "
+                                f"got {self.silhouette_samples}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class CollapseConfig:
@@ -92,6 +102,12 @@ class CollapseConfig:
     student_temp: float = 0.1
     head_batch: int = 1024
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:
+            raise DinoevalError(f"--seed must be >= 0, got {self.seed}")
+        if self.head_batch < 1 or self.uniformity_samples < 2:
+            raise DinoevalError("head_batch must be >= 1 and uniformity_samples >= 2")
 
 
 @dataclass

@@ -133,20 +133,20 @@ class _LoaderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool, str, str]:
+        """``(image, index, ok, bad path, reason)``: a bad image comes back as a blank with
+        ``ok`` false (raised in the main process, so a worker never turns it into a traceback)."""
         try:
             img = self.source.load(i)
-            ok = True
-        except BadImageError:
-            if not self.skip_bad:
-                raise
-            img, ok = np.zeros((8, 8, 3), dtype=np.uint8), False
+            ok, path, reason = True, "", ""
+        except BadImageError as err:
+            img, ok, path, reason = np.zeros((8, 8, 3), dtype=np.uint8), False, err.path, err.reason
         x = to_float_nchw(img[None]) if self.transform is None else self.transform(img[None])
         if not ok or self.transform is None:
             size = self.transform.size if self.transform else self.source.native_size
             if not ok and size is not None:
                 x = torch.zeros(1, 3, *size)
-        return x[0], i, ok
+        return x[0], i, ok, path, reason
 
 
 def iterate_batches(source: ImageSource, transform: EvalTransform | None, *, batch_size: int,
@@ -161,8 +161,12 @@ def iterate_batches(source: ImageSource, transform: EvalTransform | None, *, bat
     ds = _LoaderDataset(source, transform, skip_bad_images)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                                          shuffle=False, persistent_workers=False)
-    for x, idx, ok in loader:
-        yield x, idx.numpy().astype(np.int64), ok.numpy().astype(bool)
+    for x, idx, ok, bad_path, reason in loader:
+        ok = ok.numpy().astype(bool)
+        if not skip_bad_images and not ok.all():
+            j = int(np.flatnonzero(~ok)[0])
+            raise BadImageError(bad_path[j], reason[j])
+        yield x, idx.numpy().astype(np.int64), ok
 
 
 def extract_features(

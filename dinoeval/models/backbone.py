@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dinoeval.checks import positive
 from dinoeval.errors import DinoevalError
 from dinoeval.models.checkpoints import RawCheckpoint, read_checkpoint
 from dinoeval.models.head import DINOHead, head_from_state_dict
@@ -98,6 +99,10 @@ def load_backbone(
         pixel_size: resize images to this side for ``pixels`` (default: native size).
         seed: initialisation seed for ``random:``/``timm:`` without weights.
     """
+    for option, value in (("--img-size", img_size), ("--num-heads", num_heads),
+                          ("--pixel-size", pixel_size)):
+        if value is not None:
+            positive(option, value)
     if spec == "pixels":
         size = (pixel_size, pixel_size) if pixel_size else None
         return Backbone(spec=spec, kind="pixels", model=None, arch=None, name="pixels",

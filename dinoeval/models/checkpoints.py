@@ -81,6 +81,9 @@ def load_file(path: str | Path) -> Any:
             if (path / name).exists():
                 return load_file(path / name)
         raise DinoevalError(f"checkpoint {path} is a directory without checkpoint.pth")
+    if path.stat().st_size == 0:
+        raise DinoevalError(f"checkpoint {path} is an empty file (an interrupted copy or save?); "
+                            "copy or write it again")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as st_load
 
@@ -99,8 +102,8 @@ def load_file(path: str | Path) -> Any:
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it pickles {what}, which could run code; "
                 "re-save it as a plain state_dict or .safetensors") from None
-        detail = next((ln for ln in msg.splitlines() if "Unsupported" in ln or "Error" in ln),
-                      msg.splitlines()[0])
+        lines = msg.splitlines() or [type(err).__name__]
+        detail = next((ln for ln in lines if "Unsupported" in ln or "Error" in ln), lines[0])
         raise DinoevalError(f"checkpoint {path} cannot be read by torch.load ({detail.strip()}); "
                             "is it a PyTorch or safetensors checkpoint?") from None
 

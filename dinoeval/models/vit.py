@@ -91,7 +91,11 @@ def infer_arch(state: dict[str, torch.Tensor], *, num_heads: int | None = None) 
     mlp_ratio = fc1.shape[0] / embed_dim if fc1 is not None else 4.0
     heads = num_heads or HEADS_BY_WIDTH.get(embed_dim, max(1, embed_dim // 64))
     if embed_dim % heads:
-        raise DinoevalError(f"width {embed_dim} is not divisible by {heads} heads; pass --num-heads")
+        if num_heads:
+            raise DinoevalError(f"--num-heads {heads} does not divide the width {embed_dim}; "
+                                "pass a divisor of it")
+        raise DinoevalError(f"width {embed_dim} is not divisible by {heads} heads; pass "
+                            "--num-heads N (a divisor of the width)")
     return ViTArch(
         embed_dim=embed_dim, depth=depth, num_heads=heads, patch_size=patch,
         img_size=(grid * patch, grid * patch), in_chans=int(proj.shape[1]), mlp_ratio=mlp_ratio,
@@ -151,8 +155,21 @@ def to_timm_layout(state: dict[str, torch.Tensor], arch: ViTArch,
 def load_vit(state: dict[str, torch.Tensor], arch: ViTArch, *,
              img_size: int | tuple[int, int] | None = None) -> tuple[VisionTransformer, list[str]]:
     """Build the ViT and load ``state`` strictly: missing keys raise, unexpected ones are returned."""
+    if img_size is not None:
+        sides = _pair(img_size)
+        if min(sides) < arch.patch_size or any(s % arch.patch_size for s in sides):
+            raise DinoevalError(f"--img-size {img_size} is not a multiple of the patch size "
+                                f"{arch.patch_size} of {arch.name}; use e.g. "
+                                f"{max(1, round(sides[0] / arch.patch_size)) * arch.patch_size}")
     model = build_vit(arch, img_size=img_size)
     converted = to_timm_layout(state, arch, img_size)
+    expected = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model {tuple(expected[k].shape)})"
+             for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise DinoevalError(f"checkpoint tensors do not fit a {arch.name}: {'; '.join(wrong[:3])}"
+                            f"{' ...' if len(wrong) > 3 else ''}; is it a ViT checkpoint of "
+                            "this layout, or is --num-heads wrong?")
     result = model.load_state_dict(converted, strict=False)
     missing = [k for k in result.missing_keys]
     if missing:

@@ -602,6 +602,18 @@ def read_pretrain_log(path: Path) -> pd.DataFrame:
     return log.apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
 
 
+def check_pretrain_log(path: Path) -> Path:
+    """``path`` when it holds a pretraining log with at least one curve (loss, entropy, KL,
+    k-NN, ...), else an error: a wrong file would otherwise give an empty section."""
+    for f in pretrain_log_files(path):
+        log = read_pretrain_log(f)
+        if any(p.search(str(c).lower()) and not _NOT_CURVES.search(str(c).lower())
+               for c in log.columns for _, p in _CURVES):
+            return path
+    raise DinoevalError(f"pretrain log {path} has no loss, entropy, KL or k-NN column; pass the "
+                        "log.csv (or the run folder) that pretrain wrote")
+
+
 def _x_column(log: pd.DataFrame) -> str | None:
     lower = {c.lower(): c for c in log.columns}
     return next((lower[c] for c in _X_CANDIDATES if c in lower), None)

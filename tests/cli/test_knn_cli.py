@@ -38,7 +38,7 @@ def test_knn_errors_exit_2_with_one_line(tmp_path, ckpt):
     cases = [
         (["--ckpt", str(tmp_path / "missing.pth")], "not found"),
         (["--ckpt", ckpt, "--k", "5000"], "larger than the train set"),
-        (["--ckpt", ckpt, "--feature", "bogus"], "unknown feature kind"),
+        (["--ckpt", ckpt, "--feature", "bogus"], "--feature must be one of"),
         (["--ckpt", ckpt, "--checkpoint-key", "ema"], "teacher or student"),
     ]
     for extra, msg in cases:

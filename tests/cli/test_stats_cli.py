@@ -134,7 +134,7 @@ def test_augmented_pairs_are_seeded_views_of_the_same_images():
     (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
       "--val-fraction", "1.5"], "val_fraction"),
     (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
-      "--feature", "bogus"], "unknown feature kind"),
+      "--feature", "bogus"], "--feature must be one of"),
     (["clusters", "--ckpt", "pixels", "--data", "digits:test", "--seeds", "0"], "--seeds"),
     (["clusters", "--ckpt", "pixels", "--data", "nosuch:thing"], "unknown data source"),
     (["collapse-stats", "--ckpt", "pixels", "--data", "digits:test", "--align-pairs", "-1"],

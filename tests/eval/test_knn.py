@@ -102,6 +102,15 @@ def test_bad_inputs_raise(bad):
         knn_classify(x, y, q, qy, ks=(3,))
 
 
+def test_a_test_class_absent_from_the_train_set_is_an_error():
+    x = np.eye(4, dtype=np.float32)
+    with pytest.raises(DinoevalError, match="test class 2 has no train samples"):
+        knn_classify(x, np.array([0, 0, 1, 1]), x[:3], np.array([0, 1, 2]), ks=(1,))
+    # A train class that the test set lacks is fine (it only receives no queries).
+    r = knn_classify(x, np.array([0, 1, 2, 2]), x[:2], np.array([0, 1]), ks=(1,))
+    assert r.top1[1] == 1.0
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), scale=st.floats(0.01, 100.0))
 def test_invariant_to_label_permutation_sample_order_and_scale(seed, scale):

@@ -1,0 +1,86 @@
+"""Checks of user-facing option values, made before any expensive work.
+
+Each failure is a :class:`DinoevalError` whose message names the option and what it accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from dinoeval.errors import DinoevalError
+
+N = TypeVar("N", int, float)
+
+
+def at_least(option: str, value: N, minimum: N) -> N:
+    """``value`` when it is ``>= minimum``, else an error naming ``option``."""
+    if value < minimum:
+        raise DinoevalError(f"{option} must be >= {minimum}, got {value}")
+    return value
+
+
+def positive(option: str, value: N) -> N:
+    """``value`` when it is ``> 0`` (and not NaN), else an error naming ``option``."""
+    if not value > 0:
+        raise DinoevalError(f"{option} must be > 0, got {value}")
+    return value
+
+
+def one_of(option: str, value: str, choices: Iterable[str]) -> str:
+    """``value`` when it is one of ``choices``, else an error listing them."""
+    choices = tuple(choices)
+    if value not in choices:
+        listed = " or ".join(choices) if len(choices) <= 2 else (
+            f"one of {', '.join(choices)}")
+        raise DinoevalError(f"{option} must be {listed}, got {value!r}")
+    return value
+
+
+def check_device(spec: str) -> str:
+    """``spec`` when torch can use it here (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else an error
+    saying which device exists. Returns the spec unchanged, so configs stay plain strings."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise DinoevalError(f"--device {spec!r} is not a torch device; use cpu, cuda or "
+                            "cuda:N") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DinoevalError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise DinoevalError(f"--device {spec}: only {count} CUDA GPU(s) are visible "
+                                f"(cuda:0..cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DinoevalError(f"--device {spec}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise DinoevalError(f"--device {spec}: dinoeval runs on cpu, cuda or mps")
+    return spec
+
+
+def check_output_path(path: Path, option: str = "--out") -> Path:
+    """An output file path whose folder can exist: no parent is a file and ``path`` is not a
+    folder. Checked before the work so that a typo does not cost a whole run."""
+    if path.is_dir():
+        raise DinoevalError(f"{option} {path} is a folder; give a file name inside it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DinoevalError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+def check_output_dir(path: Path, option: str = "--out") -> Path:
+    """An output folder that exists or can be created (neither it nor a parent is a file)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise DinoevalError(f"{option} {path}: {p} is a file, not a folder")
+            break
+    return path
