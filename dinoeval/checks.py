@@ -5,6 +5,7 @@ Each failure is a :class:`DinoevalError` whose message names the option and what
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -68,19 +69,23 @@ def check_output_path(path: Path, option: str = "--out") -> Path:
     folder. Checked before the work so that a typo does not cost a whole run."""
     if path.is_dir():
         raise DinoevalError(f"{option} {path} is a folder; give a file name inside it")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise DinoevalError(f"{option} {path}: {parent} is a file, not a folder")
-            break
+    _check_ancestors(path.parent, path, option)
     return path
+
+
+def _check_ancestors(folder: Path, path: Path, option: str) -> None:
+    """The first existing one of ``folder`` and its parents must be a writable folder."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise DinoevalError(f"{option} {path}: {p} is a file, not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise DinoevalError(f"{option} {path}: {p} is not writable; choose another "
+                                    "place")
+            return
 
 
 def check_output_dir(path: Path, option: str = "--out") -> Path:
     """An output folder that exists or can be created (neither it nor a parent is a file)."""
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise DinoevalError(f"{option} {path}: {p} is a file, not a folder")
-            break
+    _check_ancestors(path, path, option)
     return path
