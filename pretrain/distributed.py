@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dinoeval.errors import DinoevalError
+from dinoeval.checks import check_device
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,8 @@ def resolve_device(spec: str, env: DistEnv) -> torch.device:
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     if spec == "cuda":
         spec = f"cuda:{env.local_rank}"
-    device = torch.device(spec)
+    device = torch.device(check_device(spec))
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DinoevalError("device cuda requested but no CUDA GPU is visible; use --device cpu")
         torch.cuda.set_device(device)
     return device
 

@@ -65,6 +65,8 @@ def test_cuda_without_a_gpu_is_one_line():
         pytest.skip("this machine has a GPU")
     out = _one_line_error(runner.invoke(app, [*KNN, "--ckpt", "pixels", "--device", "cuda"]))
     assert "no CUDA GPU is visible here; use --device cpu" in out
+    out = _one_line_error(runner.invoke(app, ["pretrain", "--out", "never", "--device", "gpu"]))
+    assert "'gpu' is not a torch device" in out
 
 
 def test_bad_out_fails_before_any_feature_is_extracted(ckpt, tmp_path, monkeypatch):
