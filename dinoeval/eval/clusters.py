@@ -96,7 +96,8 @@ def kmeans(features: np.ndarray, k: int, *, seed: int = 0, spherical: bool = Fal
 
     Returns:
         ``(assignments (N,) int64, objective)`` — the objective is the sum of squared distances
-        to the assigned centroid.
+        to the assigned centroid (of the normalised rows to the unit centroids when
+        ``spherical``).
     """
     import faiss
 
@@ -109,8 +110,10 @@ def kmeans(features: np.ndarray, k: int, *, seed: int = 0, spherical: bool = Fal
     km = faiss.Kmeans(d, k, niter=niter, seed=int(seed), spherical=spherical, verbose=False,
                       max_points_per_centroid=n // k + 1, min_points_per_centroid=1)
     km.train(x, init_centroids=kmeans_plus_plus(x, k, np.random.default_rng(seed)))
-    dist, assign = km.index.search(x, 1)
-    return assign[:, 0].astype(np.int64), float(dist.sum())
+    score, assign = km.index.search(x, 1)
+    if spherical:  # faiss searched an inner-product index of unit centroids: turn it into ‖x-c‖²
+        score = np.einsum("ij,ij->i", x, x)[:, None] + 1.0 - 2.0 * score
+    return assign[:, 0].astype(np.int64), float(np.maximum(score, 0.0).sum())
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, k: int | None = 
     Args:
         features: ``(N, D)``.
         labels: ``(N,)`` class ids in ``[0, C)``.
-        k: clusters (default C, the number of classes).
+        k: clusters (default: the number of distinct labels present).
         seeds: one k-means run per seed.
         spherical: cosine k-means on L2-normalised features.
         silhouette_samples: rows (seeded by ``seed``) behind the silhouette score; 0 skips it.
@@ -171,11 +174,11 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, k: int | None = 
     from sklearn.metrics import silhouette_score
 
     x = check_features(features)
-    y, c = check_labels(labels, len(x), need_all_classes=False)
+    y, _ = check_labels(labels, len(x), need_all_classes=False)
     check_finite(x)
     if not seeds:
         raise DinoevalError("give at least one k-means seed")
-    k = int(k or c)
+    k = int(k) if k is not None else len(np.unique(y))
     runs = [kmeans(x, k, seed=s, spherical=spherical, niter=niter) for s in seeds]
     per_seed = tuple(cluster_agreement(y, a) for a, _ in runs)
     first = runs[0][0]

@@ -24,7 +24,10 @@ class KnnResult:
 
     Attributes:
         ks: the k values, ascending.
-        top1, top5: accuracy in [0, 1] per k.
+        top1, top5: accuracy in [0, 1] per k. Top-5 counts only classes that received a vote:
+            with k=1 it equals top-1. (DINO's eval_knn.py also ranks zero-score classes, in the
+            sort's tie order, so with few classes and small k its top-5 can be higher; top-1 is
+            the same.)
         predictions: ``(N_test,)`` int64 top-1 class per k.
         per_class: ``(C,)`` top-1 recall per class per k (NaN for classes absent from the test set).
         temperature: the vote temperature T.
@@ -153,6 +156,10 @@ def classify_neighbors(sims: np.ndarray, neighbor_labels: np.ndarray, test_y: np
         neighbor_labels: ``(M, max k)`` labels of those neighbours.
     """
     top1, top5, preds, per_class = {}, {}, {}, {}
+    # Shift each row by its best similarity: the votes scale by exp(-max/T) > 0, which changes no
+    # ranking, and exp never overflows (raw inner products with normalize=False can exceed 50/T).
+    sims = np.asarray(sims, dtype=np.float64)
+    sims = sims - sims.max(axis=1, keepdims=True) if sims.size else sims
     for k in ks:
         ranked = rank_predictions(weighted_vote(sims[:, :k], neighbor_labels[:, :k], num_classes,
                                                 temperature))

@@ -67,6 +67,23 @@ def test_spherical_kmeans_ignores_the_norm(seed):
     assert r.to_rows()[0].eval == "kmeans-spherical"
 
 
+def test_spherical_objective_is_squared_distance_to_unit_centroids():
+    # Two clusters of unit vectors at ±10° from the x and y axes: each unit centroid is the axis
+    # itself, so every row is at ‖x - c‖² = 2 - 2 cos 10°.
+    a = np.deg2rad(10.0)
+    x = np.array([[np.cos(a), np.sin(a)], [np.cos(a), -np.sin(a)],
+                  [np.sin(a), np.cos(a)], [-np.sin(a), np.cos(a)]], dtype=np.float32)
+    assign, obj = kmeans(3 * x, 2, spherical=True)
+    assert assign[0] == assign[1] != assign[2] == assign[3]
+    assert obj == pytest.approx(4 * (2 - 2 * np.cos(a)), rel=1e-4)
+
+
+def test_default_k_counts_the_classes_present_not_the_largest_id(seed):
+    x, y = separated(30, 3, 4, seed)
+    r = cluster_scores(x, np.array([0, 2, 5])[y], seeds=(0,))  # labels skip ids 1, 3, 4
+    assert r.k == 3 and r.mean("accuracy") == pytest.approx(1.0)
+
+
 def test_kmeans_trains_on_every_sample(seed):
     # faiss's default would train on 256 points per centroid; here all 3000 are used, so the
     # final centroids are the exact means of their clusters (the Lloyd fixed point).

@@ -78,6 +78,13 @@ def test_alignment_and_uniformity_by_hand():
     assert uniformity(z) == pytest.approx(-4.0)  # orthogonal pair: log exp(-2·2)
 
 
+def test_uniformity_with_all_zero_rows_by_hand():
+    # Zero rows stay at the origin: all-zero features are fully collapsed (0, not the best -4).
+    assert uniformity(np.zeros((5, 3))) == pytest.approx(0.0, abs=1e-12)
+    # One zero row and one unit row: distance² 1, so log exp(-2·1) = -2.
+    assert uniformity(np.array([[0.0, 0.0], [3.0, 0.0]])) == pytest.approx(-2.0)
+
+
 def test_uniformity_sample_is_seeded_and_bounded(seed):
     x = np.random.default_rng(seed).normal(size=(3000, 8))
     a = uniformity(x, max_samples=500, seed=1)

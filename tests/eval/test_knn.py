@@ -102,6 +102,17 @@ def test_bad_inputs_raise(bad):
         knn_classify(x, y, q, qy, ks=(3,))
 
 
+def test_raw_inner_products_neither_overflow_nor_underflow():
+    # normalize=False: sims of 100 and -100 at T=0.07 are exp(±1429) without the row shift.
+    tx = np.array([[9.0, 0], [10.0, 0]])
+    ty = np.array([0, 1])
+    # +q: sims 90 (class 0) and 100 (class 1): both exp overflow to inf and tie without the
+    # shift. -q: sims -90 and -100 both underflow to 0, and no class would have a vote.
+    for q, want in (([10.0, 0], 1), ([-10.0, 0], 0)):
+        r = knn_classify(tx, ty, np.array([q]), np.array([want]), ks=(2,), normalize=False)
+        assert r.predictions[2].tolist() == [want] and r.top1[2] == 1.0
+
+
 def test_a_test_class_absent_from_the_train_set_is_an_error():
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(DinoevalError, match="test class 2 has no train samples"):
