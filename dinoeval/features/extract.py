@@ -127,8 +127,8 @@ def _array_batches(source: ImageSource, batch_size: int
 
 
 class _LoaderDataset(torch.utils.data.Dataset):
-    def __init__(self, source: ImageSource, transform: EvalTransform | None, skip_bad: bool):
-        self.source, self.transform, self.skip_bad = source, transform, skip_bad
+    def __init__(self, source: ImageSource, transform: EvalTransform | None):
+        self.source, self.transform = source, transform
 
     def __len__(self) -> int:
         return len(self.source)
@@ -158,7 +158,7 @@ def iterate_batches(source: ImageSource, transform: EvalTransform | None, *, bat
             x = to_float_nchw(imgs) if transform is None else transform(imgs)
             yield x, idx, ok
         return
-    ds = _LoaderDataset(source, transform, skip_bad_images)
+    ds = _LoaderDataset(source, transform)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                                          shuffle=False, persistent_workers=False)
     for x, idx, ok, bad_path, reason in loader:
