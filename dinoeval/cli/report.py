@@ -1,4 +1,4 @@
-"""``dinoeval report``: stored result rows as paper tables."""
+"""``dinoeval report``: stored result rows as paper tables, figures and an HTML page."""
 
 from __future__ import annotations
 
@@ -9,63 +9,107 @@ import typer
 
 from dinoeval.cli._common import console, out_console, user_errors
 
+_FORMATS = ("markdown", "latex", "csv", "json")
+
 
 def report(
-    results: Annotated[list[Path], typer.Argument(help="Result tables (.csv/.parquet) to combine.")],
+    results: Annotated[list[Path], typer.Argument(
+        help="Result tables (.csv/.parquet) to combine.", show_default=False)],
     format: Annotated[str, typer.Option(
-        "--format", "-f", help="markdown, latex or csv.")] = "markdown",
+        "--format", "-f", help="markdown, latex (booktabs), csv or json.")] = "markdown",
+    json_: Annotated[bool, typer.Option(
+        "--json", help="Same as --format json.")] = False,
+    preset: Annotated[str | None, typer.Option(
+        help="paper: k-NN@20 top-1, linear top-1, k-means NMI, NC1, RankMe per backbone, in %, "
+             "best in bold, mean ± std over runs.", show_default=False)] = None,
     eval: Annotated[list[str] | None, typer.Option(
-        "--eval", help="Keep only these evaluations (knn, linear, clusters, collapse, ...).")]
+        "--eval", help="Keep these evaluations: knn, linear-grid, linear-logreg, kmeans, "
+                       "kmeans-spherical, collapse, neural_collapse, dino_head, attention; "
+                       "aliases linear, clusters, nc, head, stats. Repeat.",
+        show_default=False)] = None,
+    metric: Annotated[list[str] | None, typer.Option(
+        help="Keep these metrics (top1, nmi, nc1, rankme, ...). Repeat.", show_default=False)]
         = None,
-    metric: Annotated[list[str] | None, typer.Option(help="Keep only these metrics.")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        help="NAME=SPEC: call a backbone NAME (SPEC: its spec, path tail or hash prefix). Give "
+             "one NAME to several runs (seeds) to get mean ± std. Repeat.", show_default=False)]
+        = None,
+    digits: Annotated[int, typer.Option(help="Decimals of percentages.")] = 1,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the table here instead of the terminal.")] = None,
+        "--output", "-o", help="Write the table to this file instead of the terminal.",
+        show_default=False)] = None,
     html: Annotated[Path | None, typer.Option(
-        help="Also write a self-contained HTML page: pivot tables and plots of the rows.")] = None,
+        help="Also write a self-contained HTML page with tables and plots.",
+        show_default=False)] = None,
     pretrain_log: Annotated[Path | None, typer.Option(
-        help="A pretrain run folder or log.csv: adds loss/entropy/KL/k-NN curves to --html.")]
-        = None,
+        help="A pretrain run folder or its log.csv: loss/entropy/KL/k-NN curves for --html.",
+        show_default=False)] = None,
 ) -> None:
-    """Pivot stored rows into one table: a row per backbone, a column per metric.
+    """Pivot stored rows into one table: a row per backbone, a column per score.
 
-    Examples: dinoeval report results.csv --format latex --eval knn -o table.tex;
+    A paper table:
+    dinoeval report results.csv --preset paper --format latex -o table.tex
+
+    An HTML page:
     dinoeval report results.csv --html reports/summary.html --pretrain-log runs/fm
     """
-    from dinoeval.checks import check_output_path
-    from dinoeval.errors import DinoevalError
-    from dinoeval.report.html import check_pretrain_log
-    from dinoeval.results import concat, pivot, read_results, render
+    from dinoeval.report import tables as T
 
     with user_errors():
-        if format not in ("markdown", "latex", "csv"):
-            raise DinoevalError(f"--format must be markdown, latex or csv, got {format!r}")
-        for path, option in ((output, "--output"), (html, "--html")):
-            if path is None:
-                continue
-            check_output_path(path, option)
-            if any(path.resolve() == p.resolve() for p in results):
-                raise DinoevalError(f"{option} {path} is one of the input tables; writing there "
-                                    "would destroy its rows: choose another file")
-        if pretrain_log is not None:
-            check_pretrain_log(pretrain_log)
-        df = concat([read_results(p) for p in results])
-        if eval:
-            df = df[df["eval"].isin(eval)]
-        if metric:
-            df = df[df["metric"].isin(metric)]
-        if df.empty:
-            raise DinoevalError("no rows left to report (check --eval/--metric and the files)")
-        if html is not None:
-            from dinoeval.report.html import write_results_report
+        fmt = "json" if json_ else format
+        _check_paths(results, output=output, html=html,
+                     pretrain_log=pretrain_log, fmt=fmt, digits=digits)
+        from dinoeval.results import read_results
 
-            console.print(f"[green]wrote[/] {write_results_report(df, html, pretrain_log=pretrain_log)}")
-        text = render(pivot(df), format)
+        frames = [read_results(p) for p in results]
+        table = T.report_table(frames, evals=eval or (), metrics=metric or (),
+                               labels=label or (), preset=preset)
+        for note in table.notes:
+            console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+        text = T.render(table, fmt, digits=digits)
+        if html is not None:
+            _write_pictures(frames, html=html, pretrain_log=pretrain_log,
+                            labels=label or (), evals=eval or (), metrics=metric or ())
         if output is None:
-            out_console.print(text, markup=False, highlight=False, soft_wrap=True)
+            out_console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
         else:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(text)
             console.print(f"[green]wrote[/] {output}")
+
+
+def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
+                 pretrain_log: Path | None, fmt: str, digits: int) -> None:
+    """Every option checked before any work: formats, output paths that would destroy inputs."""
+    from dinoeval.checks import check_output_path
+    from dinoeval.errors import DinoevalError
+    from dinoeval.report.html import check_pretrain_log
+
+    if fmt not in _FORMATS:
+        raise DinoevalError(f"--format must be {', '.join(_FORMATS)}; got {fmt!r}")
+    if not 0 <= digits <= 6:
+        raise DinoevalError(f"--digits must be between 0 and 6, got {digits}")
+    for path, option in ((output, "--output"), (html, "--html")):
+        if path is None:
+            continue
+        check_output_path(path, option)
+        if any(path.resolve() == p.resolve() for p in results):
+            raise DinoevalError(f"{option} {path} is one of the input tables; writing there "
+                                "would destroy its rows: choose another file")
+    if pretrain_log is not None:
+        check_pretrain_log(pretrain_log)
+
+
+def _write_pictures(frames: list, *, html: Path, pretrain_log: Path | None,
+                    labels: list[str] | tuple, evals, metrics) -> None:
+    from dinoeval.report import tables as T
+
+    df = T.labelled_rows(frames, labels=labels, evals=evals, metrics=metrics)
+    from dinoeval.report.html import write_results_report
+
+    page = write_results_report(df.assign(backbone=df["label"]).drop(
+        columns=["label", "setting"]), html, pretrain_log=pretrain_log)
+    console.print(f"[green]wrote[/] {page}")
 
 
 def register(app: typer.Typer) -> None:

@@ -128,11 +128,14 @@ class LinearProbeResult:
     def to_rows(self) -> list[Row]:
         e = f"linear-{self.mode}"
         best_val = dict(self.val_top1)[self.chosen_text]
+        # The chosen setting is metadata of the scores (chosen_* rows), not part of their key:
+        # backbones that chose different settings share one "top1" column in a paper table.
         rows = [
-            Row(e, "top1", self.top1, self.chosen_text, self.n_test),
-            Row(e, "top5", self.top5, self.chosen_text, self.n_test),
-            Row(e, "val_top1_chosen", best_val, self.chosen_text, self.n_val),
+            Row(e, "top1", self.top1, "", self.n_test),
+            Row(e, "top5", self.top5, "", self.n_test),
+            Row(e, "val_top1_chosen", best_val, "", self.n_val),
         ]
+        rows += [Row(e, f"chosen_{k}", float(v), "", self.n_val) for k, v in self.chosen.items()]
         rows += [Row(e, "val_top1", v, p, self.n_val) for p, v in self.val_top1]
         return rows
 

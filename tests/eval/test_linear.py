@@ -41,8 +41,12 @@ def test_grid_covers_every_setting_and_reports_rows(seed):
     r = linear_probe(x, y, x[:30], y[:30], config=SMALL_GRID)
     assert len(r.val_top1) == 6
     rows = r.to_rows()
-    assert {row.metric for row in rows} == {"top1", "top5", "val_top1", "val_top1_chosen"}
-    assert rows[0].param == r.chosen_text and rows[0].eval == "linear-grid"
+    assert {row.metric for row in rows} == {"top1", "top5", "val_top1", "val_top1_chosen",
+                                            "chosen_lr", "chosen_wd"}
+    # the chosen setting is metadata (chosen_* rows), not part of the score's key
+    assert rows[0].param == "" and rows[0].eval == "linear-grid"
+    chosen = {row.metric: row.value for row in rows if row.metric.startswith("chosen_")}
+    assert chosen == {"chosen_lr": r.chosen["lr"], "chosen_wd": r.chosen["wd"]}
 
 
 def test_default_grid_has_at_least_13_learning_rates():
