@@ -75,13 +75,8 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from dinoeval.eval.knn import knn_classify
-    from dinoeval.eval.knn_ooc import (
-        BankReader,
-        knn_classify_ooc,
-        plan_blocks,
-        working_budget,
-        write_bank,
-    )
+    from dinoeval.eval.knn_ooc import BankReader, knn_classify_ooc, plan_blocks, write_bank
+    from dinoeval.pipeline.knn_bank import working_budget
 
     torch.set_num_threads(args.threads)
     path = Path(args.bank)
@@ -135,11 +130,11 @@ def bench_bank(args: argparse.Namespace) -> list[dict]:
         nq = min(len(qx), 1000)
         ref = knn_classify(np.array(sub), labels[:m], qx[:nq], qy[:nq], ks=KS,
                            num_classes=int(labels.max()) + 1)
-        out = knn_classify_ooc(sub, labels[:m], qx[:nq], qy[:nq], ks=KS, max_memory="64MB",
+        out = knn_classify_ooc(sub, labels[:m], qx[:nq], qy[:nq], ks=KS, max_memory=64 * 2**20,
                                num_classes=int(labels.max()) + 1)
         same = all(np.array_equal(ref.predictions[k], out.predictions[k]) for k in KS)
         rows.append(dict(bench="knn_ooc_vs_in_memory", n_bank=m, n_queries=nq, dim=reader.dim,
-                         k=max(KS), max_memory="64MB", bank_dtype="float32",
+                         k=max(KS), max_memory=64 * 2**20, bank_dtype="float32",
                          equal_in_memory=same, top1_k20=out.top1[20], machine=machine()))
         print(rows[-1], flush=True)
     return rows

@@ -304,7 +304,7 @@ def _collapse(b: _Backbone, probe: Any, cfg: DemoConfig, c: int) -> list[Row]:
 
 def _attention(b: _Backbone, source: ImageSource, cfg: DemoConfig,
                progress: ProgressFactory | None) -> Any:
-    from dinoeval.eval.attention_runner import AttentionConfig, run_attention
+    from dinoeval.pipeline.attention import AttentionConfig, run_attention
 
     n = min(cfg.attention_images, len(source))
     indices = np.arange(n)
@@ -315,7 +315,7 @@ def _attention(b: _Backbone, source: ImageSource, cfg: DemoConfig,
 
 def _has_ground_truth(source: ImageSource) -> bool:
     """Masks to score attention against: shapes' own, Fashion-MNIST's non-zero pixels."""
-    from dinoeval.eval.attention_runner import mask_provider
+    from dinoeval.pipeline.attention import mask_provider
 
     return mask_provider(source) is not None
 
@@ -364,7 +364,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
             notes.append(f"{role}: collapse statistics skipped ({b.train.dim:,} dims > "
                          f"{MAX_STATS_DIM:,}: the D x D eigen-decomposition takes minutes)")
         if backbone.kind == "vit" and config.attention_images > 0 and _has_ground_truth(test_src):
-            from dinoeval.eval.attention_runner import attention_frame
+            from dinoeval.pipeline.attention import attention_frame
 
             run = _attention(b, test_src, config, progress)
             attention_runs.append((role, run))
@@ -522,7 +522,7 @@ def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
 
 def _attention_report(out: Path, runs: list[tuple[str, Any]], source: ImageSource,
                       config: DemoConfig) -> Path:
-    from dinoeval.eval.attention_runner import image_captions
+    from dinoeval.pipeline.attention import image_captions
     from dinoeval.report.html import write_attention_report
 
     n = min(config.report_images, len(runs[0][1].masks))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dinoeval.data import ArraySource
-from dinoeval.models import ViTArch, build_vit
+from dinoeval.models import DINOHead, ViTArch, build_vit
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -64,3 +64,41 @@ def make_source(n: int = 40, size: int = 16, classes: int = 4, seed: int = 0,
 @pytest.fixture
 def tiny_source() -> ArraySource:
     return make_source()
+
+
+DINO_K = 32
+
+
+def dino_train_checkpoint(path, vit, *, center_scale: float = 1.0, same_student: bool = False):
+    """A DINO training checkpoint: teacher and student (backbone + head) and the loss center."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        t_head = DINOHead(vit.embed_dim, DINO_K, hidden_dim=64, bottleneck_dim=16)
+        s_head = t_head if same_student else DINOHead(vit.embed_dim, DINO_K, hidden_dim=64,
+                                                      bottleneck_dim=16)
+        center = center_scale * torch.randn(1, DINO_K)
+    teacher = {**{f"backbone.{k}": v for k, v in vit.state_dict().items()},
+               **{f"head.{k}": v for k, v in t_head.state_dict().items()}}
+    student = {f"module.{k}": v for k, v in teacher.items()} if same_student else {
+        **{f"module.backbone.{k}": v for k, v in vit.state_dict().items()},
+        **{f"module.head.{k}": v for k, v in s_head.state_dict().items()}}
+    torch.save({"teacher": teacher, "student": student, "dino_loss": {"center": center},
+                "epoch": 3}, path)
+    return str(path)
+
+
+@pytest.fixture
+def dino_ckpt(tmp_path, tiny_vit):
+    return dino_train_checkpoint(tmp_path / "dino.pth", tiny_vit)
+
+
+def attention_vit(reg_tokens: int = 0, seed: int = 0, layer_scale: bool = False):
+    """A depth-2, width-64 ViT with seeded non-trivial weights, and its prefix-token count."""
+    arch = ViTArch(embed_dim=64, depth=2, num_heads=4, patch_size=4, img_size=(16, 16),
+                   reg_tokens=reg_tokens, layer_scale=layer_scale)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_vit(arch).eval()
+    with torch.no_grad():  # non-trivial weights everywhere so layout bugs change the answer
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model, 1 + reg_tokens

@@ -71,13 +71,24 @@ def attention(
 
       dinoeval attention --ckpt A --images cat.jpg --images street.png --out reports/attn
     """
+    import time
+
     from dinoeval.checks import check_device, check_output_dir
     from dinoeval.data import BadImageError, get_source
+    from dinoeval.data.files import FileListSource
     from dinoeval.errors import DinoevalError
-    from dinoeval.eval.attention_runner import AttentionConfig, FileListSource, attention_report
     from dinoeval.pipeline import specs
+    from dinoeval.pipeline.attention import (
+        AttentionConfig,
+        attention_frame,
+        image_captions,
+        run_attentions,
+    )
+    from dinoeval.report.html import write_attention_report
+    from dinoeval.results import concat
 
     with user_errors():
+        start = time.perf_counter()
         if more_images and not images:
             raise DinoevalError(f"unexpected argument {more_images[0]}; image files go after "
                                 "--images")
@@ -103,23 +114,28 @@ def attention(
         loaders = [functools.partial(bopts.load, s) for s in specs(ckpt)]
         try:
             with progress_factory() as pf:
-                report = attention_report(loaders, source, indices, config, out, progress=pf,
-                                          show=show, png_figures=png)
+                runs = run_attentions(loaders, source, indices, config, progress=pf)
+            drawn = indices[:show]
+            html = write_attention_report(runs, [source.load(int(i)) for i in drawn], out,
+                                          captions=image_captions(source, drawn),
+                                          data=source.spec, png_figures=png)
         except BadImageError as err:  # attention has no --skip-bad-images: say what to do here
             raise BadImageError(err.path, err.reason, hint="fix or delete it, or leave it out "
                                 "of the images drawn") from None
-        for run in report.runs:
+        frame = concat([attention_frame(run, source) for run in runs])
+        for run in runs:
             console.print(f"[dim]{run.label}: {run.prep}[/]", highlight=False)
             for note in run.notes:
                 console.print(f"[yellow]note:[/] {run.label}: {note}", highlight=False)
-        if len(report.frame):
-            shown = report.frame[report.frame["metric"] == "jaccard"]
+        if len(frame):
+            shown = frame[frame["metric"] == "jaccard"]
             shown = shown[shown["param"].isin(["head=best", "head=mean"])]
             print_results(shown, title="Attention-mask Jaccard (mean over images)")
         else:
             console.print(f"[yellow]{source.spec} has no ground truth: maps drawn, not scored[/]")
-        write_results(report.frame, results)
-        console.print(f"[green]report[/] {report.html} [dim]({report.seconds:.1f} s)[/]")
+        write_results(frame, results)
+        console.print(f"[green]report[/] {html} "
+                      f"[dim]({time.perf_counter() - start:.1f} s)[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,18 +1,15 @@
 """``dinoeval extract-sharded`` (under torchrun) and ``dinoeval knn-bank`` (banks larger than memory).
 
 Under ``torchrun --nproc_per_node N``, both commands join the process group that torchrun set up
-(``gloo`` on CPU, ``nccl`` on CUDA; each rank uses ``cuda:$LOCAL_RANK``).
+(``gloo`` on CPU, ``nccl`` on CUDA; each rank uses ``cuda:$LOCAL_RANK``); the runner is
+:mod:`dinoeval.pipeline.knn_bank`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy as np
 import typer
 
 from dinoeval.cli._common import (
@@ -37,131 +34,6 @@ from dinoeval.cli._common import (
     write_results,
 )
 from dinoeval.errors import DinoevalError
-
-# ---------------------------------------------------------------------------------------------
-# Runners (IO): process group, cache entries
-
-
-def init_distributed(device: str) -> tuple[int, int, str, bool]:
-    """Join torchrun's process group when ``WORLD_SIZE > 1``.
-
-    Returns:
-        rank, world size, this rank's device, and whether this call created the group.
-    """
-    import torch.distributed as dist
-
-    from dinoeval.checks import check_device
-
-    check_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device.startswith("cuda") and ":" not in device and world > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if dist.is_available() and dist.is_initialized():  # a group set up by the caller
-        return dist.get_rank(), dist.get_world_size(), device, False
-    if world <= 1:
-        return 0, 1, device, False
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, True
-
-
-def find_entry(path: str | Path) -> Path:
-    """A feature-cache entry: ``path`` itself (it has ``meta.json``) or its only complete entry."""
-    path = Path(path)
-    if (path / "meta.json").exists():
-        return path
-    if not path.is_dir():
-        raise DinoevalError(f"feature directory {path} not found; write one with dinoeval extract "
-                            "--out DIR")
-    entries = sorted(p for p in path.iterdir() if (p / "meta.json").exists()
-                     and json.loads((p / "meta.json").read_text()).get("complete"))
-    if len(entries) != 1:
-        names = ", ".join(p.name for p in entries) or "none"
-        raise DinoevalError(f"{path} holds {len(entries)} complete feature entries ({names}); "
-                            "pass the entry directory itself")
-    return entries[0]
-
-
-def bank_file(entry: Path, dtype: str) -> Path:
-    """``features.npy``, or a ``features.<dtype>.npy`` copy written once (L2-normalised)."""
-    from dinoeval.eval.knn_ooc import BANK_DTYPES, write_bank
-
-    if dtype not in BANK_DTYPES:
-        raise DinoevalError(f"--bank-dtype must be one of {', '.join(BANK_DTYPES)}, got {dtype!r}")
-    src = entry / "features.npy"
-    if dtype == "float32":
-        return src
-    out = entry / f"features.{dtype}.npy"
-    if not out.exists():
-        write_bank(src, out, dtype)
-    return out
-
-
-def _load_npy(path: Path, *, mmap: bool = False) -> np.ndarray:
-    """``np.load`` with a one-line error naming a missing, truncated or corrupt file."""
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None)
-    except FileNotFoundError:
-        raise DinoevalError(f"{path} is missing; extract the features again") from None
-    except (OSError, ValueError) as err:
-        raise DinoevalError(f"{path} is truncated or corrupt ({err}); extract the features "
-                            "again") from None
-
-
-def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *, ks: tuple[int, ...],
-                 temperature: float, max_memory: str, bank_dtype: str, backend: str,
-                 device: str) -> tuple[Any, dict[str, Any]]:
-    """Out-of-core (or, under torchrun, distributed) k-NN of two feature-cache entries.
-
-    Returns:
-        the results frame and facts about the run (seconds, blocks, world size).
-    """
-    import torch.distributed as dist
-
-    from dinoeval.eval.knn_ooc import (
-        BankReader,
-        knn_classify_distributed,
-        knn_classify_ooc,
-        plan_blocks,
-        working_budget,
-    )
-    from dinoeval.results import Context, to_frame
-
-    t0 = time.perf_counter()
-    train_e, val_e = find_entry(train_dir), find_entry(val_dir)  # missing inputs first
-    budget = working_budget(max_memory)  # --max-memory bounds the whole process
-    meta = json.loads((val_e / "meta.json").read_text())
-    bank = bank_file(train_e, bank_dtype)
-    train_y = _load_npy(train_e / "labels.npy")
-    val_x = _load_npy(val_e / "features.npy", mmap=True)
-    val_y = _load_npy(val_e / "labels.npy")
-    reader = BankReader(bank)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        result = knn_classify_distributed(bank, train_y, np.asarray(val_x), val_y, ks=ks,
-                                          temperature=temperature, max_memory=budget,
-                                          backend=backend, device=device)
-        world = dist.get_world_size()
-    else:
-        result = knn_classify_ooc(bank, train_y, np.asarray(val_x), val_y, ks=ks,
-                                  temperature=temperature, max_memory=budget,
-                                  backend=backend, device=device)
-        world = 1
-    plan = plan_blocks(-(-len(reader) // world), len(val_y), reader.dim, max(result.ks),
-                       budget, itemsize=reader.dtype.itemsize, backend=backend)
-    ctx = Context(backbone=str(meta.get("backbone", "")), ckpt_hash=str(meta.get("ckpt_hash", "")),
-                  arch=str(meta.get("arch", "")), dataset=str(meta.get("dataset", "")),
-                  split=str(meta.get("split", "")), feature=str(meta.get("kind", "")))
-    seconds = time.perf_counter() - t0
-    frame = to_frame(result.to_rows(), ctx, seconds=seconds)
-    return frame, {"seconds": seconds, "blocks": plan.n_blocks, "block_rows": plan.bank_rows,
-                   "world_size": world, "bank": str(bank), "n_train": len(reader)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Commands
 
 
 def extract_sharded(
@@ -197,6 +69,7 @@ def extract_sharded(
     from dinoeval.data import get_source
     from dinoeval.features.sharded import extract_sharded as run
     from dinoeval.features.sharded import shard_bounds
+    from dinoeval.pipeline.knn_bank import init_distributed
 
     with user_errors():
         if (rank is None) != (world_size is None):
@@ -261,15 +134,17 @@ def knn_bank(
 
       dinoeval knn-bank --train-feats feats/train --val-feats feats/val --max-memory 1GB --k 20
     """
-    from dinoeval.eval.knn import DEFAULT_KS
+    from dinoeval.pipeline.knn import KnnConfig
+    from dinoeval.pipeline.knn_bank import KnnBankConfig, init_distributed, run_knn_bank
 
     with user_errors():
         check_out(out)
+        config = KnnConfig(ks=tuple(k) if k else KnnConfig().ks, temperature=temperature)
+        bank = KnnBankConfig(max_memory=max_memory, bank_dtype=bank_dtype, backend=backend)
         rank, _, device, created = init_distributed(device)
         try:
-            frame, facts = run_knn_bank(train_feats, val_feats, ks=tuple(k) if k else DEFAULT_KS,
-                                        temperature=temperature, max_memory=max_memory,
-                                        bank_dtype=bank_dtype, backend=backend, device=device)
+            frame, facts = run_knn_bank(train_feats, val_feats, config=config, bank=bank,
+                                        device=device)
         finally:
             if created:
                 import torch.distributed as dist

@@ -94,8 +94,8 @@ def linear(
       --train fashion-mnist:train --val fashion-mnist:test --feature cls-last4
     """
     from dinoeval.eval.linear import LinearProbeConfig
-    from dinoeval.eval.stats_runner import run_linear
     from dinoeval.pipeline import ExtractOptions
+    from dinoeval.pipeline.linear import run_linear
 
     with user_errors():
         bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
@@ -143,8 +143,8 @@ def clusters(
       dinoeval clusters --ckpt runs/fm/checkpoint.pth --data fashion-mnist:test --spherical
     """
     from dinoeval.errors import DinoevalError
-    from dinoeval.eval.stats_runner import ClusterConfig, run_clusters
     from dinoeval.pipeline import ExtractOptions
+    from dinoeval.pipeline.clusters import ClusterConfig, run_clusters
 
     with user_errors():
         if seeds < 1:
@@ -200,8 +200,8 @@ def collapse_stats(
       --data fashion-mnist:train
     """
     from dinoeval.errors import DinoevalError
-    from dinoeval.eval.stats_runner import CollapseConfig, run_collapse_stats_kinds
     from dinoeval.pipeline import ExtractOptions
+    from dinoeval.pipeline.collapse import CollapseConfig, run_collapse_stats_kinds
 
     with user_errors():
         if align_pairs < 0:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dinoeval.errors import DinoevalError
-from dinoeval.eval._moments import check_features, check_finite, check_labels
+from dinoeval.eval._validation import check_features, check_finite, check_labels
 from dinoeval.results import Row
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,8 @@ from dinoeval.eval._moments import (
     DEFAULT_BLOCK_ROWS,
     Moments,
     accumulate,
-    check_features,
-    check_finite,
 )
+from dinoeval.eval._validation import check_features, check_finite
 from dinoeval.results import Row
 
 RANKME_EPS = 1e-7  # the ε of the RankMe paper

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dinoeval.errors import DinoevalError
+from dinoeval.eval._validation import check_finite, check_same_dim
 from dinoeval.results import Row
 
 DEFAULT_KS = (10, 20, 100, 200)
@@ -184,12 +185,8 @@ def _validate(train_x, train_y, test_x, test_y, ks, temperature, num_classes):
     if train_x.ndim != 2 or test_x.ndim != 2:
         raise DinoevalError(f"k-NN needs 2-D features, got train {train_x.shape} and test "
                             f"{test_x.shape} (use a cls* feature kind, not patch)")
-    if train_x.shape[1] != test_x.shape[1]:
-        raise DinoevalError(f"train features have {train_x.shape[1]} dims but test features "
-                            f"{test_x.shape[1]}; extract both with the same backbone and kind")
-    if not np.isfinite(np.asarray(train_x)).all():
-        raise DinoevalError("train features contain NaN or inf; re-extract them "
-                            "(check the checkpoint and --precision)")
+    check_same_dim(train_x, test_x)
+    check_finite(np.asarray(train_x), "train features")
     return validate_inputs(train_y, test_x, test_y, len(train_x), ks, temperature, num_classes)
 
 
@@ -221,9 +218,7 @@ def validate_inputs(train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                             f"use --k values <= {n_train} or more train data")
     if temperature <= 0:
         raise DinoevalError(f"temperature must be > 0, got {temperature}")
-    if not np.isfinite(np.asarray(test_x)).all():
-        raise DinoevalError("test features contain NaN or inf; re-extract them "
-                            "(check the checkpoint and --precision)")
+    check_finite(np.asarray(test_x), "test features")
     c = int(max(train_y.max(), test_y.max())) + 1
     if num_classes is not None:
         if num_classes < c:

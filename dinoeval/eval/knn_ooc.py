@@ -1,4 +1,4 @@
-"""Out-of-core and distributed weighted k-NN: train banks larger than memory.
+"""Out-of-core weighted k-NN: train banks larger than memory, searched exactly in blocks.
 
 The bank (an ``.npy`` file, or an array) is read as memory-mapped blocks of rows; each block is
 mapped, copied to L2-normalised float32, searched exactly, and unmapped, so the resident memory is
@@ -14,17 +14,18 @@ That changes a prediction only when the tied rows carry different labels: duplic
 similarities coincide; there the out-of-core result is the deterministic one.
 
 The bank may be stored as float16 or bfloat16 (bfloat16 is kept in ``.npy`` as its uint16 bit
-pattern) to halve the bytes read; :func:`precision_effect` measures what that costs in accuracy.
+pattern) to halve the bytes read (the format lives in :mod:`dinoeval.eval._bank`);
+:func:`precision_effect` measures what that costs in accuracy.
 
-:func:`knn_classify_distributed` splits the bank across the ranks of a ``torch.distributed`` group
-(as DINOv2 does on GPUs): queries are broadcast from rank 0, each rank searches its rows, and the
-partial top-k lists are all-gathered and merged.
+The core is told, not asked: ``max_memory`` is a byte count and ``rows`` a bank row range. The
+runner (:mod:`dinoeval.pipeline.knn_bank`) measures the process's memory, splits the bank across
+the ranks of a ``torch.distributed`` group and merges their partial lists with
+:func:`merge_partials`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from dinoeval.errors import DinoevalError
+from dinoeval.eval._bank import BANK_DTYPES, BankReader, decode_bank, encode_bank, write_bank
 from dinoeval.eval.knn import (
     DEFAULT_KS,
     KnnResult,
@@ -41,171 +43,18 @@ from dinoeval.eval.knn import (
 )
 from dinoeval.results import Row
 
-BANK_DTYPES = ("float32", "float16", "bfloat16")
-_FAISS_BLOCK = 1024  # faiss scans the bank in blocks of this many rows; we align to it
-_NORM_ROWS = 8192
+__all__ = [  # the bank's format is public here; it lives in _bank
+    "BANK_DTYPES", "DEFAULT_MAX_MEMORY", "FAISS_BLOCK", "BankReader", "BlockPlan",
+    "PrecisionEffect", "decode_bank", "encode_bank", "fixed_bytes", "knn_classify_ooc",
+    "knn_search_ooc", "merge_partials", "merge_topk", "plan_blocks", "precision_effect",
+    "write_bank",
+]
+
+FAISS_BLOCK = 1024  # faiss scans the bank in blocks of this many rows; we align to it
 _MERGE_ROWS = 2048  # queries merged at a time (bounds the sort scratch)
 _MIN_ROWS = 64  # smaller blocks are still exact, only slow
 _QUERY_BLOCK = 4096  # queries per search call, as knn_search does
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20,
-          "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40,
-          "TIB": 2**40}
-
-
-def parse_bytes(value: str | int) -> int:
-    """``"1GB"``, ``"512M"``, ``"1.5GiB"`` or an int -> bytes (binary units)."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(value))
-    if not m or m.group(2).upper() not in _UNITS:
-        raise DinoevalError(f"cannot read memory size {value!r}; write e.g. 1GB, 512MB or 2G")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-# ---------------------------------------------------------------------------------------------
-# Storage precision
-
-
-def encode_bank(x: np.ndarray, dtype: str) -> np.ndarray:
-    """``(N, D)`` float32 -> the stored array: float32, float16, or bfloat16 bits as uint16."""
-    if dtype == "float32":
-        return np.asarray(x, dtype=np.float32)
-    if dtype == "float16":
-        return np.asarray(x, dtype=np.float32).astype(np.float16)
-    if dtype == "bfloat16":
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16)
-        return t.view(torch.int16).numpy().view(np.uint16)
-    raise DinoevalError(f"unknown bank dtype {dtype!r}; use one of {', '.join(BANK_DTYPES)}")
-
-
-def decode_bank(block: np.ndarray) -> np.ndarray:
-    """A stored block -> float32 (uint16 is read as bfloat16 bits)."""
-    if block.dtype == np.uint16:
-        bits = torch.from_numpy(np.ascontiguousarray(block).view(np.int16))
-        return bits.view(torch.bfloat16).float().numpy()
-    return np.asarray(block, dtype=np.float32)
-
-
-def bank_dtype_of(dtype: np.dtype) -> str:
-    """The storage name of an array dtype (uint16 means bfloat16 bits)."""
-    names = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
-             np.dtype(np.uint16): "bfloat16"}
-    if np.dtype(dtype) not in names:
-        raise DinoevalError(f"a k-NN bank must be float32, float16 or bfloat16 (uint16), got {dtype}")
-    return names[np.dtype(dtype)]
-
-
-def write_bank(bank: str | Path | np.ndarray, out: str | Path, dtype: str, *,
-               normalize: bool = True, block_rows: int = 65536) -> Path:
-    """Stream ``bank`` into ``out`` (``.npy``) in ``dtype``, L2-normalised first by default.
-
-    Written to a temporary file and renamed, block by block, so it works for banks larger than
-    memory.
-    """
-    import os
-
-    reader = BankReader(bank)
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
-    enc = encode_bank(np.zeros((1, reader.dim), np.float32), dtype).dtype
-    try:
-        # plain writes, not a writable memmap: dirty mapped pages would count in this process's RSS
-        with open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(enc),
-                                                     "fortran_order": False,
-                                                     "shape": (len(reader), reader.dim)})
-            for _, block in reader.blocks(block_rows, normalize=normalize):
-                f.write(np.ascontiguousarray(encode_bank(block, dtype)).tobytes())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the bank in blocks
-
-
-class BankReader:
-    """Rows of an ``(N, D)`` bank, a block at a time.
-
-    A path to an ``.npy`` file, or a memory-mapped array (what ``FeatureCache`` returns), is
-    re-mapped for each block and unmapped afterwards, so pages read earlier do not stay resident.
-    An in-memory array is sliced.
-    """
-
-    def __init__(self, bank: str | Path | np.ndarray) -> None:
-        self.path: Path | None = None
-        self.array: np.ndarray | None = None
-        if isinstance(bank, np.memmap) and getattr(bank, "filename", None) and bank.ndim == 2 \
-                and bank.flags.c_contiguous:
-            self.path, self.offset = Path(bank.filename), int(bank.offset)
-            self.shape, self.dtype = tuple(bank.shape), bank.dtype
-        elif isinstance(bank, str | Path):
-            self.path = Path(bank)
-            if not self.path.exists():
-                raise DinoevalError(f"bank file {self.path} not found; pass a features.npy path")
-            try:
-                with open(self.path, "rb") as f:
-                    version = np.lib.format.read_magic(f)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(f)
-                    self.offset = f.tell()
-            except ValueError as err:
-                raise DinoevalError(f"bank file {self.path} is not a .npy array ({err}); "
-                                    "extract the features again") from None
-            if fortran or len(shape) != 2:
-                raise DinoevalError(f"{self.path}: a bank must be a C-ordered (N, D) array, got "
-                                    f"shape {shape}")
-            self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-            need = self.offset + int(np.prod(self.shape)) * self.dtype.itemsize
-            have = self.path.stat().st_size
-            if have < need:
-                raise DinoevalError(f"bank file {self.path} is truncated ({have:,} of {need:,} "
-                                    "bytes); extract the features again")
-        else:
-            self.array = np.asarray(bank)
-            if self.array.ndim != 2:
-                raise DinoevalError(f"k-NN needs 2-D features, got a bank of shape "
-                                    f"{self.array.shape} (use a cls* feature kind, not patch)")
-            self.shape, self.dtype = tuple(self.array.shape), self.array.dtype
-        self.storage = bank_dtype_of(self.dtype)
-
-    def __len__(self) -> int:
-        return int(self.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self.shape[1])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` as they are stored (a fresh copy)."""
-        if self.array is not None:
-            return np.array(self.array[start:stop])
-        assert self.path is not None
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(stop - start, self.dim),
-                       offset=self.offset + start * self.dim * self.dtype.itemsize)
-        out = np.array(mm)
-        del mm  # unmap now, so the block's pages leave this process's RSS
-        return out
-
-    def blocks(self, rows: int, *, start: int = 0, stop: int | None = None,
-               normalize: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first row, (b, D) float32 block)`` for rows ``[start, stop)``, ``rows`` at a time."""
-        stop = len(self) if stop is None else stop
-        for s in range(start, stop, rows):
-            block = self.read(s, min(s + rows, stop))
-            if block.dtype != np.float32:
-                block = decode_bank(block)
-            if normalize:
-                # in place, a slice at a time: no full-size temporaries; row for row the same
-                # arithmetic as knn_classify's normalisation
-                for r in range(0, len(block), _NORM_ROWS):
-                    block[r : r + _NORM_ROWS] = _prep(block[r : r + _NORM_ROWS], True)
-            yield s, block
-            del block  # before the next read, or two blocks would be alive at once
+DEFAULT_MAX_MEMORY = 1 << 30  # bytes of working buffers when the caller does not say
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,34 +82,6 @@ def fixed_bytes(n_queries: int, dim: int, k: int) -> int:
             + min(n_queries, _MERGE_ROWS) * k * 110 + (32 << 20))
 
 
-def process_rss() -> int:
-    """Resident bytes of this process now (Linux ``/proc``; else the peak so far)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def working_budget(process_limit: int | str, *, margin: int = 64 << 20) -> int:
-    """Bytes left for k-NN buffers if the whole process must stay under ``process_limit``.
-
-    The interpreter, torch and faiss already hold ~0.5-0.6 GB here; ``margin`` covers allocator
-    slack.
-    """
-    limit = parse_bytes(process_limit)
-    left = limit - process_rss() - margin
-    if left <= 0:
-        raise DinoevalError(f"--max-memory {limit / 2**20:.0f} MiB is below what this process "
-                            f"already uses ({process_rss() / 2**20:.0f} MiB); raise it")
-    return left
-
-
 def plan_blocks(n_bank: int, n_queries: int, dim: int, k: int, max_memory: int, *,
                 itemsize: int = 4, backend: str = "faiss") -> BlockPlan:
     """Bank rows per block so that the working set stays under ``max_memory`` bytes.
@@ -271,6 +92,9 @@ def plan_blocks(n_bank: int, n_queries: int, dim: int, k: int, max_memory: int, 
     and its float32 copy ``D*(itemsize + 4)``; the
     torch backend also holds a ``(4096, b)`` similarity block and its top-k scratch.
     """
+    if isinstance(max_memory, bool) or not isinstance(max_memory, int | np.integer):
+        raise DinoevalError(f"max_memory is a byte count, got {max_memory!r}; read sizes such as "
+                            "'1GB' with dinoeval.pipeline.knn_bank.parse_bytes")
     fixed = fixed_bytes(n_queries, dim, k)
     per_row = dim * (itemsize + 4) + (2 * min(n_queries, _QUERY_BLOCK) * 4 if backend == "torch"
                                       else 0)
@@ -281,8 +105,8 @@ def plan_blocks(n_bank: int, n_queries: int, dim: int, k: int, max_memory: int, 
                             f"{n_queries} queries x k={k} (needs about {need / 2**20:.0f} MiB); "
                             "raise it or search fewer queries at a time")
     rows = min(n_bank, room // per_row)
-    if rows >= _FAISS_BLOCK:
-        rows -= rows % _FAISS_BLOCK
+    if rows >= FAISS_BLOCK:
+        rows -= rows % FAISS_BLOCK
     rows = max(int(rows), 1)
     return BlockPlan(bank_rows=rows, n_blocks=-(-n_bank // rows),
                      working_bytes=int(fixed + rows * per_row))
@@ -365,7 +189,7 @@ def _search_block_torch(queries: torch.Tensor, block: np.ndarray, k: int, device
 
 
 def knn_search_ooc(bank: str | Path | np.ndarray, queries: np.ndarray, k: int, *,
-                   max_memory: int | str = "1GB", rows: tuple[int, int] | None = None,
+                   max_memory: int = DEFAULT_MAX_MEMORY, rows: tuple[int, int] | None = None,
                    backend: str = "faiss", device: str | torch.device = "cpu",
                    normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner-product neighbours, scanning the bank in memory-bounded blocks.
@@ -375,7 +199,7 @@ def knn_search_ooc(bank: str | Path | np.ndarray, queries: np.ndarray, k: int, *
             uint16 bfloat16 bits).
         queries: ``(M, D)`` float32.
         k: neighbours per query.
-        max_memory: byte budget of the working buffers (``"1GB"`` or an int).
+        max_memory: byte budget of the working buffers.
         rows: search only bank rows ``[start, stop)`` (returned indices stay global).
         backend: ``faiss`` (CPU) or ``torch`` (matmul + topk on ``device``, e.g. CUDA).
         normalize: L2-normalise bank and queries (cosine similarity).
@@ -392,7 +216,7 @@ def knn_search_ooc(bank: str | Path | np.ndarray, queries: np.ndarray, k: int, *
     if q.ndim != 2 or q.shape[1] != reader.dim:
         raise DinoevalError(f"the bank has {reader.dim} dims but the queries have shape {q.shape}; "
                             "extract both with the same backbone and kind")
-    plan = plan_blocks(max(stop - start, 1), len(q), reader.dim, k, parse_bytes(max_memory),
+    plan = plan_blocks(max(stop - start, 1), len(q), reader.dim, k, max_memory,
                        itemsize=reader.dtype.itemsize, backend=backend)
     best_s = np.full((len(q), k), -np.inf, np.float32)
     best_i = np.full((len(q), k), -1, np.int64)
@@ -416,6 +240,16 @@ def knn_search_ooc(bank: str | Path | np.ndarray, queries: np.ndarray, k: int, *
     return best_s, best_i
 
 
+def merge_partials(partials: Sequence[tuple[np.ndarray, np.ndarray]], k: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of several ``(sims (M, k), idx (M, k))`` lists over disjoint bank rows
+    (one per rank), as :func:`merge_topk` orders them."""
+    best_s, best_i = partials[0]
+    for s_r, i_r in partials[1:]:
+        best_s, best_i = merge_topk(best_s, best_i, s_r, i_r, k)
+    return best_s, best_i
+
+
 # ---------------------------------------------------------------------------------------------
 # Classification
 
@@ -429,7 +263,7 @@ def knn_classify_ooc(
     ks: Sequence[int] = DEFAULT_KS,
     temperature: float = 0.07,
     num_classes: int | None = None,
-    max_memory: int | str = "1GB",
+    max_memory: int = DEFAULT_MAX_MEMORY,
     backend: str = "faiss",
     device: str | torch.device = "cpu",
     normalize: bool = True,
@@ -447,58 +281,6 @@ def knn_classify_ooc(
     sims, idx = knn_search_ooc(bank, test_x, max(ks), max_memory=max_memory, backend=backend,
                                device=device, normalize=normalize)
     return classify_neighbors(sims, train_y[idx], test_y, ks, c, temperature, len(train_y))
-
-
-def knn_classify_distributed(
-    bank: str | Path | np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray | None,
-    test_y: np.ndarray | None,
-    *,
-    ks: Sequence[int] = DEFAULT_KS,
-    temperature: float = 0.07,
-    num_classes: int | None = None,
-    max_memory: int | str = "1GB",
-    backend: str = "faiss",
-    device: str | torch.device = "cpu",
-    group: object | None = None,
-) -> KnnResult:
-    """k-NN with the bank split across the ranks of the current ``torch.distributed`` group.
-
-    Every rank opens the same bank (a shared ``.npy`` path or memory map) and searches only its
-    contiguous rows; rank 0's queries and labels are broadcast (the others may pass None); the
-    ``(M, k)`` partial top-k lists are all-gathered and merged exactly, so every rank returns the
-    same result as :func:`knn_classify_ooc` on one process. With NCCL, pass ``device="cuda:<local
-    rank>"`` (collectives then run on that device).
-    """
-    import torch.distributed as dist
-
-    from dinoeval.features.sharded import shard_bounds
-
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    reader = BankReader(bank)
-    dev = torch.device(device)
-    comm = dev if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    box = [None if test_x is None else (np.asarray(test_x, np.float32), np.asarray(test_y))]
-    dist.broadcast_object_list(box, src=0, group=group)  # queries: small next to the bank
-    test_x, test_y = box[0]
-    train_y, test_y, ks, c = validate_inputs(train_y, test_x, test_y, len(reader), ks, temperature,
-                                             num_classes)
-    k = max(ks)
-    # rank boundaries on faiss's 1024-row grid keep the similarities bit-identical to one process
-    start, stop = shard_bounds(len(reader), rank, world, _FAISS_BLOCK)
-    sims, idx = knn_search_ooc(bank, test_x, k, max_memory=max_memory, rows=(start, stop),
-                               backend=backend, device=device)
-    s_t = torch.from_numpy(sims).to(comm)
-    i_t = torch.from_numpy(idx).to(comm)
-    all_s = [torch.empty_like(s_t) for _ in range(world)]
-    all_i = [torch.empty_like(i_t) for _ in range(world)]
-    dist.all_gather(all_s, s_t, group=group)
-    dist.all_gather(all_i, i_t, group=group)
-    best_s, best_i = all_s[0].cpu().numpy(), all_i[0].cpu().numpy()
-    for s_r, i_r in zip(all_s[1:], all_i[1:], strict=True):
-        best_s, best_i = merge_topk(best_s, best_i, s_r.cpu().numpy(), i_r.cpu().numpy(), k)
-    return classify_neighbors(best_s, train_y[best_i], test_y, ks, c, temperature, len(train_y))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,7 +316,7 @@ class PrecisionEffect:
 def precision_effect(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                      test_y: np.ndarray, *, dtypes: Sequence[str] = BANK_DTYPES,
                      ks: Sequence[int] = DEFAULT_KS, temperature: float = 0.07,
-                     num_classes: int | None = None, max_memory: int | str = "1GB"
+                     num_classes: int | None = None, max_memory: int = DEFAULT_MAX_MEMORY
                      ) -> PrecisionEffect:
     """Run the k-NN with the (normalised) bank stored in each of ``dtypes``; ``train_x (N, D)``
     is encoded in memory here, so use :func:`write_bank` + :func:`knn_classify_ooc` for banks

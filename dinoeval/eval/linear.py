@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from dinoeval.errors import DinoevalError
-from dinoeval.eval._moments import check_features, check_finite, check_labels
+from dinoeval.eval._validation import check_features, check_finite, check_labels, check_same_dim
 from dinoeval.results import Row
 
 log = logging.getLogger(__name__)
@@ -280,9 +280,7 @@ def linear_probe(
     cfg = config or LinearProbeConfig()
     cfg.validate()
     xtr, xte = check_features(train_x, "train features"), check_features(test_x, "test features")
-    if xtr.shape[1] != xte.shape[1]:
-        raise DinoevalError(f"train features have {xtr.shape[1]} dims but test features "
-                            f"{xte.shape[1]}; extract both with the same backbone and kind")
+    check_same_dim(xtr, xte)
     c = max(int(np.max(train_y)), int(np.max(test_y))) + 1 if len(test_y) else None
     ytr, c = check_labels(train_y, len(xtr), num_classes or c, name="train labels")
     yte, _ = check_labels(test_y, len(xte), c, name="test labels", need_all_classes=False)

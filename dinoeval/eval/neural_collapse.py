@@ -35,10 +35,9 @@ from dinoeval.eval._moments import (
     DEFAULT_BLOCK_ROWS,
     Moments,
     accumulate,
-    check_features,
-    check_labels,
     iter_blocks,
 )
+from dinoeval.eval._validation import check_features, check_labels
 from dinoeval.results import Row
 
 

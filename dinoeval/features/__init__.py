@@ -3,7 +3,6 @@
 from dinoeval.features.cache import FeatureCache, cache_key
 from dinoeval.features.extract import (
     FEATURE_KINDS,
-    FeatureSet,
     extract_features,
     feature_meta,
     forward_features,
@@ -11,6 +10,7 @@ from dinoeval.features.extract import (
     l2_normalize,
     make_transform,
 )
+from dinoeval.features.featureset import FeatureSet
 from dinoeval.features.transforms import EvalTransform, default_crop_ratio
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoeval.features.extract import FeatureSet
+from dinoeval.features.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
 

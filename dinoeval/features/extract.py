@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 from dinoeval.data._base import ImageSource
 from dinoeval.data.builtin import BadImageError
 from dinoeval.errors import DinoevalError
+from dinoeval.features.cache import FeatureCache
+from dinoeval.features.featureset import FeatureSet
 from dinoeval.features.transforms import EvalTransform, default_crop_ratio, to_float_nchw
 from dinoeval.models.backbone import Backbone
 
@@ -36,30 +37,6 @@ log = logging.getLogger(__name__)
 
 FEATURE_KINDS = ("cls", "cls-last4", "cls+avgpool", "cls+avgpool-v2", "patch")
 FEATURE_CODE_VERSION = "2"  # 2: pixels of grayscale sources keep one channel
-
-
-@dataclass
-class FeatureSet:
-    """Features of one backbone on one source.
-
-    Attributes:
-        features: ``(N, D)`` float32 (``(N, T, D)`` for ``patch``), possibly memory-mapped.
-        labels: ``(N,)`` int64, ``-1`` where unlabelled.
-        indices: ``(N,)`` int64 source indices kept (bad images skipped are absent).
-        meta: backbone, source, kind and transform facts.
-    """
-
-    features: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(np.prod(self.features.shape[1:]))
 
 
 def make_transform(backbone: Backbone, source: ImageSource,
@@ -202,8 +179,6 @@ def extract_features(
     transform = make_transform(backbone, source, crop_ratio)
     meta = feature_meta(backbone, source, kind, transform, precision)
     if cache_dir is not None:
-        from dinoeval.features.cache import FeatureCache
-
         cache = FeatureCache(cache_dir)
         hit = cache.get(meta)
         if hit is not None:

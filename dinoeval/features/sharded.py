@@ -33,12 +33,12 @@ from dinoeval.errors import DinoevalError
 from dinoeval.features.cache import _KEY_FIELDS, FeatureCache, atomic_dir, cache_key
 from dinoeval.features.extract import (
     FEATURE_KINDS,
-    FeatureSet,
     feature_meta,
     forward_features,
     iterate_batches,
     make_transform,
 )
+from dinoeval.features.featureset import FeatureSet
 from dinoeval.models.backbone import Backbone
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from dinoeval.errors import DinoevalError
 from dinoeval.report import figures as F
 
 if TYPE_CHECKING:
-    from dinoeval.eval.attention_runner import AttentionRun
+    from dinoeval.pipeline.attention import AttentionRun
 
 _CARD_PX, _CARD_GAP = 118, 8  # attention cards: minimum width of a square image's, and gap
 
@@ -143,7 +143,7 @@ def write_attention_report(runs: Sequence[AttentionRun], originals: Sequence[np.
     """Write ``out_dir/index.html`` (self-contained) and ``out_dir/figures/*.png``.
 
     Args:
-        runs: one :class:`~dinoeval.eval.attention_runner.AttentionRun` per checkpoint, all over
+        runs: one :class:`~dinoeval.pipeline.attention.AttentionRun` per checkpoint, all over
             the same images in the same order; the Jaccard summary covers all of them.
         originals: the images as loaded (before resizing/cropping) of the first
             ``len(originals)`` images of the runs: those are drawn.

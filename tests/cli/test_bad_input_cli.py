@@ -70,12 +70,12 @@ def test_cuda_without_a_gpu_is_one_line():
 
 
 def test_bad_out_fails_before_any_feature_is_extracted(ckpt, tmp_path, monkeypatch):
-    import dinoeval.pipeline
+    import dinoeval.pipeline.knn
 
     def never(*a, **k):
         raise AssertionError("features were extracted before --out was checked")
 
-    monkeypatch.setattr(dinoeval.pipeline, "get_features", never)
+    monkeypatch.setattr(dinoeval.pipeline.knn, "get_features", never)
     (tmp_path / "afile").write_text("x")
     for out, msg in ((tmp_path / "r.txt", ".csv or .parquet"),
                      (tmp_path / "afile" / "r.csv", "is a file, not a folder"),
@@ -200,8 +200,10 @@ def test_knn_bank_truncated_features(tmp_path):
         assert r.exit_code == 0, r.output
     feats = next((tmp_path / "train").rglob("features.npy"))
     feats.write_bytes(feats.read_bytes()[:-100])
+    # a generous --max-memory: the budget must not depend on how big this pytest process is
     out = _one_line_error(runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "train"),
-                                              "--val-feats", str(tmp_path / "test"), "--k", "5"]))
+                                              "--val-feats", str(tmp_path / "test"), "--k", "5",
+                                              "--max-memory", "64GB"]))
     assert "truncated" in out and "extract the features again" in out
 
 

@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dinoeval.cli import app
-from dinoeval.data import get_source
-from dinoeval.eval.stats_runner import (
-    CollapseConfig,
-    augmented_pair_features,
-    run_collapse_stats,
-)
-from dinoeval.models import DINOHead, load_backbone
 from dinoeval.results import COLUMNS
+from tests.conftest import DINO_K as K
 
 runner = CliRunner()
-K = 32
-
-
-def dino_train_checkpoint(path, vit, *, center_scale: float = 1.0, same_student: bool = False):
-    """A DINO training checkpoint: teacher and student (backbone + head) and the loss center."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        t_head = DINOHead(vit.embed_dim, K, hidden_dim=64, bottleneck_dim=16)
-        s_head = t_head if same_student else DINOHead(vit.embed_dim, K, hidden_dim=64,
-                                                      bottleneck_dim=16)
-        center = center_scale * torch.randn(1, K)
-    teacher = {**{f"backbone.{k}": v for k, v in vit.state_dict().items()},
-               **{f"head.{k}": v for k, v in t_head.state_dict().items()}}
-    student = {f"module.{k}": v for k, v in teacher.items()} if same_student else {
-        **{f"module.backbone.{k}": v for k, v in vit.state_dict().items()},
-        **{f"module.head.{k}": v for k, v in s_head.state_dict().items()}}
-    torch.save({"teacher": teacher, "student": student, "dino_loss": {"center": center},
-                "epoch": 3}, path)
-    return str(path)
-
-
-@pytest.fixture
-def dino_ckpt(tmp_path, tiny_vit):
-    return dino_train_checkpoint(tmp_path / "dino.pth", tiny_vit)
 
 
 def test_linear_compares_backbones_and_appends_rows(tmp_path):
@@ -101,29 +69,6 @@ def test_collapse_stats_side_by_side_with_head_views(tmp_path, dino_ckpt):
     assert proto["kl_teacher_student"] > 0  # the student's head differs from the teacher's
     assert 1 <= proto["prototypes_used"] <= K
     assert {"nmi", "ari", "accuracy", "purity"} <= set(proto.index)
-
-
-def test_identical_teacher_and_student_have_zero_kl(tmp_path, tiny_vit):
-    ckpt = dino_train_checkpoint(tmp_path / "same.pth", tiny_vit, center_scale=0.0,
-                                 same_student=True)
-    cfg = CollapseConfig(teacher_temp=0.1, student_temp=0.1, align_pairs=0,
-                         neural_collapse=False)
-    run = run_collapse_stats(ckpt, "digits:train[:40]", config=cfg)
-    head = run.results["dino_head"]
-    assert head.kl == pytest.approx(0.0, abs=1e-9)
-    assert head.n == 40 and head.num_prototypes == K
-
-
-def test_augmented_pairs_are_seeded_views_of_the_same_images():
-    src, bb = get_source("digits:test[:16]"), load_backbone("pixels")
-    a1, a2 = augmented_pair_features(bb, src, np.arange(16), "cls", seed=0, batch_size=5)
-    b1, _ = augmented_pair_features(bb, src, np.arange(16), "cls", seed=0, batch_size=5)
-    assert a1.shape == a2.shape == (16, 8 * 8)  # digits are grayscale: one channel
-    np.testing.assert_array_equal(a1, b1)  # seeded
-    assert not np.allclose(a1, a2)
-    z1, z2 = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a1, a2))
-    sims = z1 @ z2.T
-    assert np.diag(sims).mean() > sims[~np.eye(16, dtype=bool)].mean()  # pairs stay related
 
 
 @pytest.mark.parametrize(("args", "msg"), [

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from dinoeval.eval.attention import attention_masks, score_masks
-from dinoeval.eval.attention_runner import AttentionRun
+from dinoeval.pipeline.attention import AttentionRun
 from dinoeval.results import Context, Row, concat, to_frame
 
 

@@ -1,4 +1,4 @@
-"""Run by tests/scale/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
+"""Run by tests/pipeline/test_knn_bank.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
 argv: checkpoint, work dir. Both CLI commands run inside the group torchrun set up; rank 0 writes
 the k-NN results into the work dir.
@@ -14,7 +14,8 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dinoeval.cli import app
-from dinoeval.eval.knn_ooc import fixed_bytes, knn_classify_distributed
+from dinoeval.eval.knn_ooc import fixed_bytes
+from dinoeval.pipeline.knn_bank import knn_classify_distributed
 
 
 def main() -> None:

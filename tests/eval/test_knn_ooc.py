@@ -12,7 +12,6 @@ from dinoeval.eval.knn_ooc import (
     knn_classify_ooc,
     knn_search_ooc,
     merge_topk,
-    parse_bytes,
     plan_blocks,
     precision_effect,
     write_bank,
@@ -28,13 +27,6 @@ def _data(n=3000, m=300, d=16, c=5, seed=0):
     return tx, ty, qx, qy
 
 
-def test_parse_bytes():
-    assert parse_bytes("1GB") == 2**30 and parse_bytes("512M") == 2**29
-    assert parse_bytes("1.5GiB") == int(1.5 * 2**30) and parse_bytes(100) == 100
-    with pytest.raises(DinoevalError, match="memory size"):
-        parse_bytes("lots")
-
-
 def test_merge_topk_orders_by_sim_then_lower_index():
     s, i = merge_topk(np.array([[0.9, 0.5, -np.inf]], np.float32), np.array([[7, 3, -1]]),
                       np.array([[0.5, 0.5, 0.4]], np.float32), np.array([[1, 9, 2]]), 3)
@@ -42,10 +34,10 @@ def test_merge_topk_orders_by_sim_then_lower_index():
 
 
 def test_plan_blocks_fits_budget_and_aligns():
-    p = plan_blocks(2_000_000, 10_000, 384, 200, parse_bytes("1GB"))
+    p = plan_blocks(2_000_000, 10_000, 384, 200, 2**30)
     assert p.working_bytes <= 2**30 and p.bank_rows % 1024 == 0 and p.n_blocks > 1
     with pytest.raises(DinoevalError, match="too small"):
-        plan_blocks(10_000, 10_000, 384, 200, parse_bytes("10MB"))
+        plan_blocks(10_000, 10_000, 384, 200, 10 * 2**20)
 
 
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
@@ -113,11 +105,11 @@ def test_tie_rule_is_faiss_values_then_lowest_index():
     per_row = 8 * 8
     blocks_1024 = fixed_bytes(50, 8, 45) + 1500 * per_row
     assert plan_blocks(len(t), 50, 8, 45, blocks_1024).n_blocks == 3
-    for mem in (blocks_1024, "1GB"):
+    for mem in (blocks_1024, 2**30):
         s, i = knn_search_ooc(tx, qx, 45, max_memory=mem)
         assert np.array_equal(i, want_i) and np.array_equal(s, want_s)
     a = knn_classify_ooc(tx, ty, qx, qy, ks=(45,), max_memory=blocks_1024)
-    b = knn_classify_ooc(tx, ty, qx, qy, ks=(45,), max_memory="1GB")
+    b = knn_classify_ooc(tx, ty, qx, qy, ks=(45,), max_memory=2**30)
     assert np.array_equal(a.predictions[45], b.predictions[45])
 
 
@@ -185,6 +177,12 @@ def test_torch_backend_on_cuda_equals_faiss():
     tx, ty, qx, qy = _data()
     ref = knn_classify(tx, ty, qx, qy, ks=(1, 20))
     out = knn_classify_ooc(tx, ty, qx, qy, ks=(1, 20), backend="torch", device="cuda",
-                           max_memory="64MB")
+                           max_memory=64 * 2**20)
     for k in (1, 20):
         assert np.array_equal(out.predictions[k], ref.predictions[k])
+
+
+def test_the_core_takes_bytes_and_says_where_sizes_are_read():
+    tx, ty, qx, qy = _data(n=100, m=5)
+    with pytest.raises(DinoevalError, match=r"byte count.*parse_bytes"):
+        knn_classify_ooc(tx, ty, qx, qy, ks=(5,), max_memory="1GB")

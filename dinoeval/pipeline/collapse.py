@@ -1,8 +1,8 @@
-"""Runners for the representation statistics: linear probes, clustering, collapse-stats.
+"""The collapse-stats runner: SSL-collapse and neural-collapse statistics of one backbone.
 
-Each runner resolves a backbone spec and data specs, extracts (or reads cached) features through
-:mod:`dinoeval.pipeline`, calls the pure cores of :mod:`dinoeval.eval` and returns a
-:class:`StatsRun` whose ``frame`` is a results table (:mod:`dinoeval.results`).
+:func:`run_collapse_stats` resolves a backbone spec and a data spec, extracts (or reads cached)
+features, calls the pure cores of :mod:`dinoeval.eval` and returns a
+:class:`~dinoeval.pipeline.setup.Run` whose ``frame`` is a results table (:mod:`dinoeval.results`).
 
 ``collapse-stats`` looks in several places (the ``feature`` column of its rows says which):
 
@@ -17,7 +17,6 @@ Each runner resolves a backbone spec and data specs, extracts (or reads cached) 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -28,11 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dinoeval.data import get_source
-from dinoeval.data._base import ImageSource
+from dinoeval.data import ImageSource
 from dinoeval.errors import DinoevalError
 from dinoeval.eval._moments import accumulate
-from dinoeval.eval.clusters import cluster_agreement, cluster_scores
+from dinoeval.eval.clusters import cluster_agreement
 from dinoeval.eval.collapse import (
     CollapseStats,
     DinoHeadAccumulator,
@@ -44,37 +42,19 @@ from dinoeval.eval.linear import LinearProbeConfig, linear_probe
 from dinoeval.eval.neural_collapse import nc4, neural_collapse_from_moments
 from dinoeval.features import FeatureSet
 from dinoeval.models import Backbone
-from dinoeval.pipeline import (
+from dinoeval.pipeline.setup import (
     BackboneOptions,
     ExtractOptions,
     ProgressFactory,
+    Run,
+    as_source,
     context_for,
     get_features,
 )
+from dinoeval.pipeline.setup import notes as notes_of
 from dinoeval.results import Context, Row, concat, to_frame
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClusterConfig:
-    """k-means settings (see :func:`~dinoeval.eval.clusters.cluster_scores`)."""
-
-    k: int | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    spherical: bool = False
-    niter: int = 50
-    silhouette_samples: int = 10000
-
-    def __post_init__(self) -> None:
-        if self.k is not None and self.k < 2:
-            raise DinoevalError(f"--k must be >= 2 clusters (or left out: one per class), got "
-                                f"{self.k}")
-        if not self.seeds or self.niter < 1:
-            raise DinoevalError("k-means needs at least one seed and one iteration")
-        if self.silhouette_samples < 0:
-            raise DinoevalError(f"--silhouette-samples must be >= 0 (0 skips the silhouette), "
-                                f"got {self.silhouette_samples}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,85 +88,6 @@ class CollapseConfig:
             raise DinoevalError(f"--seed must be >= 0, got {self.seed}")
         if self.head_batch < 1 or self.uniformity_samples < 2:
             raise DinoevalError("head_batch must be >= 1 and uniformity_samples >= 2")
-
-
-@dataclass
-class StatsRun:
-    """What a runner produced for one backbone."""
-
-    frame: pd.DataFrame
-    results: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def _source(spec: str | ImageSource) -> ImageSource:
-    return get_source(spec) if isinstance(spec, str) else spec
-
-
-def _notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[str]:
-    notes = list(backbone.notes)
-    for fs, src in pairs:
-        if fs.meta.get("skipped"):
-            notes.append(f"skipped {fs.meta['skipped']} unreadable images of {src.spec}")
-    return notes
-
-
-def _labelled(fs: FeatureSet, what: str) -> np.ndarray:
-    if (fs.labels < 0).any():
-        raise DinoevalError(f"{what} needs labels; {int((fs.labels < 0).sum())} images of the "
-                            "data have none (use a labelled source)")
-    return fs.labels
-
-
-def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
-               backbone_opts: BackboneOptions = BackboneOptions(),
-               extract_opts: ExtractOptions = ExtractOptions(),
-               config: LinearProbeConfig = LinearProbeConfig(),
-               progress: ProgressFactory | None = None) -> StatsRun:
-    """Linear probe of one backbone: selected on a held-out split of ``train``, tested on ``val``."""
-    t0 = time.perf_counter()
-    train_src, val_src = _source(train), _source(val)
-    backbone = backbone_opts.load(ckpt)
-    ftr = get_features(backbone, train_src, extract_opts, progress)
-    fte = get_features(backbone, val_src, extract_opts, progress)
-    on_epoch = None
-    if progress is not None and config.mode == "grid":
-        update = progress(f"linear heads ({len(config.learning_rates)} lr x "
-                          f"{len(config.weight_decays)} wd)",
-                          config.epochs * (2 if config.refit else 1))
-        epochs_done = itertools.count(1)
-
-        def on_epoch(_: int) -> None:
-            update(next(epochs_done))
-
-    result = linear_probe(ftr.features, _labelled(ftr, "a linear probe"), fte.features,
-                          _labelled(fte, "a linear probe"), config=config,
-                          device=extract_opts.device, on_epoch=on_epoch)
-    frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature),
-                     seconds=time.perf_counter() - t0)
-    return StatsRun(frame=frame, results={"linear": result},
-                    notes=_notes(backbone, (ftr, train_src), (fte, val_src)))
-
-
-def run_clusters(ckpt: str, data: str | ImageSource, *,
-                 backbone_opts: BackboneOptions = BackboneOptions(),
-                 extract_opts: ExtractOptions = ExtractOptions(),
-                 config: ClusterConfig = ClusterConfig(),
-                 progress: ProgressFactory | None = None) -> StatsRun:
-    """k-means of one backbone's features on ``data``, scored against its labels."""
-    t0 = time.perf_counter()
-    src = _source(data)
-    backbone = backbone_opts.load(ckpt)
-    fs = get_features(backbone, src, extract_opts, progress)
-    result = cluster_scores(fs.features, _labelled(fs, "clustering scores"), k=config.k,
-                            seeds=config.seeds, spherical=config.spherical, niter=config.niter,
-                            silhouette_samples=config.silhouette_samples)
-    frame = to_frame(result.to_rows(), context_for(backbone, src, extract_opts.feature),
-                     seconds=time.perf_counter() - t0)
-    return StatsRun(frame=frame, results={"clusters": result}, notes=_notes(backbone, (fs, src)))
-
-
-# ------------------------------------------------------------------------------ collapse-stats
 
 
 def augmented_pair_features(backbone: Backbone, source: ImageSource, indices: np.ndarray,
@@ -287,14 +188,14 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
                        backbone_opts: BackboneOptions = BackboneOptions(),
                        extract_opts: ExtractOptions = ExtractOptions(),
                        config: CollapseConfig = CollapseConfig(),
-                       progress: ProgressFactory | None = None) -> StatsRun:
+                       progress: ProgressFactory | None = None) -> Run:
     """SSL-collapse and neural-collapse statistics of one backbone on ``data`` (module docstring)."""
     t0 = time.perf_counter()
-    src = _source(data)
+    src = as_source(data)
     backbone = backbone_opts.load(ckpt)
     fs = get_features(backbone, src, extract_opts, progress)
     labels = fs.labels if (fs.labels >= 0).all() and len(np.unique(fs.labels)) >= 2 else None
-    notes = _notes(backbone, (fs, src))
+    notes = notes_of(backbone, (fs, src))
     if labels is None:
         notes.append("the data has no (or a single) label: neural-collapse statistics skipped")
     elif len(np.unique(labels)) != int(labels.max()) + 1:
@@ -325,7 +226,7 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
         notes.append("no DINO head in this checkpoint: head views skipped")
     frame = concat(frames)
     frame["seconds"] = time.perf_counter() - t0
-    return StatsRun(frame=frame, results=results, notes=list(dict.fromkeys(notes)))
+    return Run(frame=frame, results=results, notes=list(dict.fromkeys(notes)))
 
 
 def run_collapse_stats_kinds(ckpt: str, data: str | ImageSource, *,
@@ -333,14 +234,14 @@ def run_collapse_stats_kinds(ckpt: str, data: str | ImageSource, *,
                              extract_opts: list[ExtractOptions] | tuple[ExtractOptions, ...] = (
                                  ExtractOptions(),),
                              config: CollapseConfig = CollapseConfig(),
-                             progress: ProgressFactory | None = None) -> StatsRun:
+                             progress: ProgressFactory | None = None) -> Run:
     """:func:`run_collapse_stats` for several backbone feature kinds in one table; the head
     views (which always start from the CLS token) are measured once, with the first kind."""
     runs = [run_collapse_stats(ckpt, data, backbone_opts=backbone_opts, extract_opts=opts,
                                config=config if i == 0 else replace(config, head=False),
                                progress=progress)
             for i, opts in enumerate(extract_opts)]
-    return StatsRun(frame=concat([r.frame for r in runs]),
+    return Run(frame=concat([r.frame for r in runs]),
                     results={opts.feature: r.results for opts, r in zip(extract_opts, runs,
                                                                           strict=True)},
                     notes=list(dict.fromkeys(n for r in runs for n in r.notes)))

@@ -1,4 +1,4 @@
-"""Run attention extraction for a backbone over images, with ground truth where there is some.
+"""The attention runner: CLS attention of backbones over images, scored where there is ground truth.
 
 The IO layer of :mod:`dinoeval.eval.attention`: it loads and prepares images (resize the shorter
 side, then centre-crop — or pad — to a multiple of the patch size), normalises them with the
@@ -13,7 +13,6 @@ ground-truth masks:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dinoeval.data._base import ImageSource
-from dinoeval.data.builtin import read_rgb
+from dinoeval.data import ImageSource
+from dinoeval.data.files import FileListSource
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.attention import (
     DEFAULT_MASS,
@@ -36,7 +35,8 @@ from dinoeval.eval.attention import (
     prepare_image,
     score_masks,
 )
-from dinoeval.models.backbone import Backbone
+from dinoeval.models import Backbone
+from dinoeval.pipeline.setup import ProgressFactory
 from dinoeval.results import Context, to_frame
 
 log = logging.getLogger(__name__)
@@ -99,31 +99,6 @@ class AttentionRun:
     prep: str
     seconds: float
     notes: list[str] = field(default_factory=list)
-
-
-class FileListSource(ImageSource):
-    """Image files given one by one (``--images a.jpg b.png``): no labels, no masks."""
-
-    def __init__(self, paths: Sequence[str | Path]) -> None:
-        if not paths:
-            raise DinoevalError("no image files given; pass --images FILE [FILE ...]")
-        self.paths = [Path(p) for p in paths]
-        for p in self.paths:
-            if not p.is_file():
-                raise DinoevalError(f"image file {p} not found")
-        self.labels = np.full(len(self.paths), -1, dtype=np.int64)
-        self.spec, self.name, self.split = "images", "images", "files"
-        self.classes = ()
-
-    def load(self, index: int) -> np.ndarray:
-        return read_rgb(self.paths[index])
-
-    def fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=8)
-        for p in self.paths:
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
 
 
 def mask_provider(source: ImageSource) -> MaskProvider | None:
@@ -316,49 +291,27 @@ def image_captions(source: ImageSource, indices: Sequence[int]) -> list[str]:
     return out
 
 
-@dataclass
-class AttentionReport:
-    """What :func:`attention_report` produced."""
-
-    runs: list[AttentionRun]
-    frame: pd.DataFrame
-    html: Path
-    seconds: float
-
-
-def attention_report(backbones: Sequence[Callable[[], Backbone]], source: ImageSource,
-                     indices: Sequence[int], config: AttentionConfig, out_dir: str | Path, *,
-                     progress: Callable[[str, int], Callable[[int], None]] | None = None,
-                     show: int | None = None, png_figures: bool = True) -> AttentionReport:
-    """Run every backbone over the same images and write the HTML report and PNG figures.
+def run_attentions(backbones: Sequence[Callable[[], Backbone]], source: ImageSource,
+                   indices: Sequence[int], config: AttentionConfig, *,
+                   progress: ProgressFactory | None = None) -> list[AttentionRun]:
+    """Run every backbone over the same images, one model in memory at a time.
 
     Args:
         backbones: loaders, called one at a time so only one model is in memory.
         source, indices: the images.
         config: attention settings.
-        out_dir: report folder (``index.html``, ``figures/``).
         progress: ``factory(description, total) -> update(done)``.
-        show: draw only the first ``show`` images (all are scored); ``None``: draw all.
-    """
-    from dinoeval.report.html import write_attention_report
-    from dinoeval.results import concat
 
-    start = time.perf_counter()
+    The runs are what :func:`~dinoeval.report.html.write_attention_report` draws and
+    :func:`attention_frame` turns into result rows.
+    """
     if not len(indices):
         raise DinoevalError(f"{source.spec} has no images to show")
-    runs, frames = [], []
+    runs = []
     for load in backbones:
         bb = load()
         cb = progress(f"attention {bb.name} ({short_label(bb.spec)})", len(indices)) \
             if progress else None
-        run = run_attention(bb, source, indices, config, progress=cb)
-        runs.append(run)
-        frames.append(attention_frame(run, source))
+        runs.append(run_attention(bb, source, indices, config, progress=cb))
         del bb
-    drawn = list(indices)[:show] if show is not None else list(indices)
-    originals = [source.load(int(i)) for i in drawn]
-    html = write_attention_report(runs, originals, out_dir,
-                                  captions=image_captions(source, drawn), data=source.spec,
-                                  png_figures=png_figures)
-    return AttentionReport(runs=runs, frame=concat(frames), html=html,
-                           seconds=time.perf_counter() - start)
+    return runs

@@ -1,8 +1,10 @@
-"""Runners: the IO layer between the CLI and the pure cores.
+"""What every runner shares: from a backbone spec and a data spec to features and a context.
 
 ``BackboneOptions`` + ``ExtractOptions`` describe how to get features; :func:`get_features`
-resolves a backbone spec and a data spec into a cached :class:`FeatureSet`; :func:`run_knn` is the
-k-NN runner. Every runner returns a results DataFrame (:mod:`dinoeval.results`).
+resolves a backbone and a source into a cached :class:`FeatureSet`; :func:`context_for` names the
+rows a runner writes; :class:`Run` is what every ``run_*`` returns (a results table,
+:mod:`dinoeval.results`, plus the typed results and notes); :func:`save_config` records the
+resolved options beside a results file. (dinov2's ``eval/setup.py`` plays this role.)
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, check_device, one_of, positive
-from dinoeval.data import get_source
-from dinoeval.data._base import ImageSource
+from dinoeval.checks import at_least, check_device, one_of
+from dinoeval.data import ImageSource, get_source
 from dinoeval.errors import DinoevalError
-from dinoeval.eval.knn import DEFAULT_KS, KnnResult, knn_classify
-from dinoeval.features import FeatureSet, extract_features
-from dinoeval.features.extract import FEATURE_KINDS
+from dinoeval.features import FEATURE_KINDS, FeatureCache, FeatureSet, extract_features
 from dinoeval.models import Backbone, load_backbone
-from dinoeval.results import Context, to_frame
+from dinoeval.results import Context
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+"""``factory(description, total) -> update(done)``: how a runner reports progress."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,20 +70,24 @@ class ExtractOptions:
         check_device(self.device)
 
 
-@dataclass(frozen=True, kw_only=True)
-class KnnConfig:
-    """k-NN settings (DINO defaults)."""
+@dataclass
+class Run:
+    """What a runner produced for one backbone.
 
-    ks: tuple[int, ...] = DEFAULT_KS
-    temperature: float = 0.07
-    per_class: bool = False
+    Attributes:
+        frame: the result rows (:data:`dinoeval.results.COLUMNS`).
+        results: the typed results by name (``"knn"``, ``"linear"``, ``"features"``, ...).
+        notes: what the caller should tell the user (skipped images, conversions, ...).
+    """
 
-    def __post_init__(self) -> None:
-        if not self.ks:
-            raise DinoevalError("give at least one --k")
-        for k in self.ks:
-            at_least("--k", k, 1)
-        positive("--temperature", self.temperature)
+    frame: pd.DataFrame
+    results: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def as_source(data: str | ImageSource) -> ImageSource:
+    """A data spec resolved to its source (a source is returned as it is)."""
+    return get_source(data) if isinstance(data, str) else data
 
 
 def get_features(backbone: Backbone, source: ImageSource, opts: ExtractOptions,
@@ -101,45 +107,21 @@ def context_for(backbone: Backbone, source: ImageSource, feature: str) -> Contex
                    feature="pixels" if backbone.kind == "pixels" else feature)
 
 
-@dataclass
-class KnnRun:
-    """What :func:`run_knn` produced for one backbone."""
-
-    frame: pd.DataFrame
-    result: KnnResult
-    train: FeatureSet
-    val: FeatureSet
-    notes: list[str] = field(default_factory=list)
-
-
-def run_knn(
-    ckpt: str,
-    train: str | ImageSource,
-    val: str | ImageSource,
-    *,
-    backbone_opts: BackboneOptions = BackboneOptions(),
-    extract_opts: ExtractOptions = ExtractOptions(),
-    config: KnnConfig = KnnConfig(),
-    progress: ProgressFactory | None = None,
-) -> KnnRun:
-    """k-NN of one backbone: features of ``train`` and ``val``, then :func:`knn_classify`."""
-    t0 = time.perf_counter()
-    train_src = get_source(train) if isinstance(train, str) else train
-    val_src = get_source(val) if isinstance(val, str) else val
-    backbone = backbone_opts.load(ckpt)
-    ftrain = get_features(backbone, train_src, extract_opts, progress)
-    fval = get_features(backbone, val_src, extract_opts, progress)
-    result = knn_classify(ftrain.features, ftrain.labels, fval.features, fval.labels,
-                          ks=config.ks, temperature=config.temperature,
-                          num_classes=max(len(train_src.classes), len(val_src.classes)) or None)
-    ctx = context_for(backbone, val_src, extract_opts.feature)
-    frame = to_frame(result.to_rows(per_class=config.per_class, class_names=val_src.classes), ctx,
-                     seconds=time.perf_counter() - t0)
-    notes = list(backbone.notes)
-    for fs, src in ((ftrain, train_src), (fval, val_src)):
+def notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[str]:
+    """The backbone's notes, plus one per source whose unreadable images were skipped."""
+    out = list(backbone.notes)
+    for fs, src in pairs:
         if fs.meta.get("skipped"):
-            notes.append(f"skipped {fs.meta['skipped']} unreadable images of {src.spec}")
-    return KnnRun(frame=frame, result=result, train=ftrain, val=fval, notes=notes)
+            out.append(f"skipped {fs.meta['skipped']} unreadable images of {src.spec}")
+    return out
+
+
+def labelled(fs: FeatureSet, what: str) -> np.ndarray:
+    """``fs.labels``; raises when any image is unlabelled (``what`` names the evaluation)."""
+    if (fs.labels < 0).any():
+        raise DinoevalError(f"{what} needs labels; {int((fs.labels < 0).sum())} images of the "
+                            "data have none (use a labelled source)")
+    return fs.labels
 
 
 def save_config(path: str | Path, **configs: object) -> Path:
@@ -170,8 +152,6 @@ def run_extract(ckpt: str, data: str, out: str | Path, *, backbone_opts: Backbon
                 extract_opts: ExtractOptions, progress: ProgressFactory | None = None
                 ) -> tuple[FeatureSet, Path]:
     """Extract features into the cache directory ``out`` (reused by later commands)."""
-    from dinoeval.features.cache import FeatureCache
-
     source = get_source(data)
     backbone = backbone_opts.load(ckpt)
     opts = ExtractOptions(**{**asdict(extract_opts), "cache_dir": str(out)})

@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun: extract-sharded and knn-bank CLI, distributed k-NN."""
+"""The knn-bank runner: memory sizes, and two gloo processes under torchrun (extract-sharded and
+knn-bank CLI, distributed k-NN)."""
 
 import subprocess
 import sys
@@ -9,14 +10,31 @@ import pandas as pd
 import pytest
 import torch
 
-from dinoeval.cli.scale import find_entry
 from dinoeval.data import get_source
+from dinoeval.errors import DinoevalError
 from dinoeval.eval.knn import knn_classify
 from dinoeval.eval.knn_ooc import knn_classify_ooc
 from dinoeval.features import extract_features
+from dinoeval.features.entries import find_entry
 from dinoeval.models import load_backbone
+from dinoeval.pipeline.knn_bank import KnnBankConfig, parse_bytes
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
+
+
+def test_parse_bytes():
+    assert parse_bytes("1GB") == 2**30 and parse_bytes("512M") == 2**29
+    assert parse_bytes("1.5GiB") == int(1.5 * 2**30) and parse_bytes(100) == 100
+    with pytest.raises(DinoevalError, match="memory size"):
+        parse_bytes("lots")
+
+
+@pytest.mark.parametrize(("kw", "msg"), [({"max_memory": "lots"}, "memory size"),
+                                         ({"bank_dtype": "int8"}, "--bank-dtype"),
+                                         ({"backend": "numpy"}, "--backend")])
+def test_bank_config_refuses_bad_settings_before_any_work(kw, msg):
+    with pytest.raises(DinoevalError, match=msg):
+        KnnBankConfig(**kw)
 
 
 @pytest.mark.slow

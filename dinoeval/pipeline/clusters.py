@@ -1,0 +1,71 @@
+"""The clustering runner: k-means of a backbone's features, scored against the labels.
+
+:func:`evaluate_clusters` clusters features already in hand; :func:`run_clusters` goes from a
+backbone spec and a data spec to a :class:`~dinoeval.pipeline.setup.Run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from dinoeval.data import ImageSource
+from dinoeval.errors import DinoevalError
+from dinoeval.eval.clusters import ClusterResult, cluster_scores
+from dinoeval.features import FeatureSet
+from dinoeval.pipeline.setup import (
+    BackboneOptions,
+    ExtractOptions,
+    ProgressFactory,
+    Run,
+    as_source,
+    context_for,
+    get_features,
+    labelled,
+    notes,
+)
+from dinoeval.results import to_frame
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """k-means settings (see :func:`~dinoeval.eval.clusters.cluster_scores`)."""
+
+    k: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    spherical: bool = False
+    niter: int = 50
+    silhouette_samples: int = 10000
+
+    def __post_init__(self) -> None:
+        if self.k is not None and self.k < 2:
+            raise DinoevalError(f"--k must be >= 2 clusters (or left out: one per class), got "
+                                f"{self.k}")
+        if not self.seeds or self.niter < 1:
+            raise DinoevalError("k-means needs at least one seed and one iteration")
+        if self.silhouette_samples < 0:
+            raise DinoevalError(f"--silhouette-samples must be >= 0 (0 skips the silhouette), "
+                                f"got {self.silhouette_samples}")
+
+
+def evaluate_clusters(fs: FeatureSet, config: ClusterConfig = ClusterConfig()) -> ClusterResult:
+    """k-means of features in hand, scored against their labels."""
+    return cluster_scores(fs.features, labelled(fs, "clustering scores"), k=config.k,
+                          seeds=config.seeds, spherical=config.spherical, niter=config.niter,
+                          silhouette_samples=config.silhouette_samples)
+
+
+def run_clusters(ckpt: str, data: str | ImageSource, *,
+                 backbone_opts: BackboneOptions = BackboneOptions(),
+                 extract_opts: ExtractOptions = ExtractOptions(),
+                 config: ClusterConfig = ClusterConfig(),
+                 progress: ProgressFactory | None = None) -> Run:
+    """k-means of one backbone's features on ``data``, scored against its labels."""
+    t0 = time.perf_counter()
+    src = as_source(data)
+    backbone = backbone_opts.load(ckpt)
+    fs = get_features(backbone, src, extract_opts, progress)
+    result = evaluate_clusters(fs, config)
+    frame = to_frame(result.to_rows(), context_for(backbone, src, extract_opts.feature),
+                     seconds=time.perf_counter() - t0)
+    return Run(frame=frame, results={"clusters": result}, notes=notes(backbone, (fs, src)))

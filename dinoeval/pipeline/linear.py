@@ -1,0 +1,66 @@
+"""The linear-probe runner (DINOv2 protocol: settings selected on a held-out split of train).
+
+:func:`evaluate_linear` probes features already in hand; :func:`run_linear` goes from a backbone
+spec and two data specs to a :class:`~dinoeval.pipeline.setup.Run`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+from dinoeval.data import ImageSource
+from dinoeval.eval.linear import LinearProbeConfig, LinearProbeResult, linear_probe
+from dinoeval.features import FeatureSet
+from dinoeval.pipeline.setup import (
+    BackboneOptions,
+    ExtractOptions,
+    ProgressFactory,
+    Run,
+    as_source,
+    context_for,
+    get_features,
+    labelled,
+    notes,
+)
+from dinoeval.results import to_frame
+
+
+def evaluate_linear(train: FeatureSet, test: FeatureSet,
+                    config: LinearProbeConfig = LinearProbeConfig(), *,
+                    num_classes: int | None = None, device: str = "cpu",
+                    progress: ProgressFactory | None = None) -> LinearProbeResult:
+    """Linear probe of features in hand: selected on a held-out split of ``train``, scored on
+    ``test`` (see :func:`~dinoeval.eval.linear.linear_probe`)."""
+    on_epoch: Callable[[int], None] | None = None
+    if progress is not None and config.mode == "grid":
+        update = progress(f"linear heads ({len(config.learning_rates)} lr x "
+                          f"{len(config.weight_decays)} wd)",
+                          config.epochs * (2 if config.refit else 1))
+        epochs_done = itertools.count(1)
+
+        def on_epoch(_: int) -> None:
+            update(next(epochs_done))
+
+    return linear_probe(train.features, labelled(train, "a linear probe"), test.features,
+                        labelled(test, "a linear probe"), config=config,
+                        num_classes=num_classes, device=device, on_epoch=on_epoch)
+
+
+def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
+               backbone_opts: BackboneOptions = BackboneOptions(),
+               extract_opts: ExtractOptions = ExtractOptions(),
+               config: LinearProbeConfig = LinearProbeConfig(),
+               progress: ProgressFactory | None = None) -> Run:
+    """Linear probe of one backbone: selected on a held-out split of ``train``, tested on ``val``."""
+    t0 = time.perf_counter()
+    train_src, val_src = as_source(train), as_source(val)
+    backbone = backbone_opts.load(ckpt)
+    ftr = get_features(backbone, train_src, extract_opts, progress)
+    fte = get_features(backbone, val_src, extract_opts, progress)
+    result = evaluate_linear(ftr, fte, config, device=extract_opts.device, progress=progress)
+    frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature),
+                     seconds=time.perf_counter() - t0)
+    return Run(frame=frame, results={"linear": result},
+               notes=notes(backbone, (ftr, train_src), (fte, val_src)))
