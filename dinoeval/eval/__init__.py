@@ -25,11 +25,21 @@ from dinoeval.eval.collapse import (
 from dinoeval.eval.knn import DEFAULT_KS, KnnResult, knn_classify, knn_search, weighted_vote
 from dinoeval.eval.linear import LinearProbeConfig, LinearProbeResult, linear_probe
 from dinoeval.eval.neural_collapse import NeuralCollapseStats, neural_collapse
+from dinoeval.eval.retrieval import (
+    PROTOCOLS,
+    RetrievalResult,
+    average_precision,
+    precision_recall_at,
+    retrieval_metrics,
+)
+from dinoeval.eval.whitening import Whitening, learn_whitening
 
 __all__ = [
-    "DEFAULT_KS", "ClusterAgreement", "ClusterResult", "CollapseStats", "DinoHeadAccumulator",
-    "DinoHeadStats", "KnnResult", "LinearProbeConfig", "LinearProbeResult", "NeuralCollapseStats",
-    "alignment", "alpha_req", "cluster_agreement", "cluster_scores", "collapse_stats",
-    "dino_head_stats", "kmeans", "knn_classify", "knn_search", "linear_probe", "neural_collapse",
-    "normalized_std", "rankme", "uniformity", "weighted_vote",
+    "DEFAULT_KS", "PROTOCOLS", "ClusterAgreement", "ClusterResult", "CollapseStats",
+    "DinoHeadAccumulator", "DinoHeadStats", "KnnResult", "LinearProbeConfig", "LinearProbeResult",
+    "NeuralCollapseStats", "RetrievalResult", "Whitening", "alignment", "alpha_req",
+    "average_precision", "cluster_agreement", "cluster_scores", "collapse_stats", "dino_head_stats",
+    "kmeans", "knn_classify", "knn_search", "learn_whitening", "linear_probe", "neural_collapse",
+    "normalized_std", "precision_recall_at", "rankme", "retrieval_metrics", "uniformity",
+    "weighted_vote",
 ]
