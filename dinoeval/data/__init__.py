@@ -15,4 +15,5 @@ __all__ = [
     "available_sources", "digits", "fashion_mnist", "get_source", "read_idx", "register_source",
     "take_subset",
 ]
+from dinoeval.data import roxford as _roxford  # noqa: F401  (registers roxford5k, rparis6k)
 from dinoeval.data import shapes as _shapes  # noqa: F401  (registers the shapes source)

@@ -8,7 +8,9 @@ Feature kinds (``FEATURE_KINDS``):
 * ``cls+avgpool``: last-block CLS and mean patch token, DINOv1's interleaved order
   ``[c0, a0, c1, a1, ...]`` ``(N, 2D)``;
 * ``cls+avgpool-v2``: the same two vectors concatenated ``[cls, avg]`` (DINOv2's order);
-* ``patch``: patch tokens after the final norm, ``(N, T, D)`` (prefix/register tokens removed).
+* ``patch``: patch tokens after the final norm, ``(N, T, D)`` (prefix/register tokens removed);
+* ``cls+gem``: last-block CLS and the GeM (p = 4) of its patch tokens concatenated ``(N, 2D)``
+  (DINO's copy-detection feature, :func:`dinoeval.features.pooling.gem`).
 
 ``pixels`` backbones give the raw image as ``[0, 1]`` floats, flattened, whatever the kind (one
 channel for grayscale sources).
@@ -35,7 +37,7 @@ from dinoeval.models.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
-FEATURE_KINDS = ("cls", "cls-last4", "cls+avgpool", "cls+avgpool-v2", "patch")
+FEATURE_KINDS = ("cls", "cls-last4", "cls+avgpool", "cls+avgpool-v2", "patch", "cls+gem")
 FEATURE_CODE_VERSION = "2"  # 2: pixels of grayscale sources keep one channel
 
 
@@ -91,6 +93,10 @@ def forward_features(backbone: Backbone, x_BCHW: torch.Tensor, kind: str, *,
         return torch.cat([last[:, 0], last[:, npre:].mean(1)], dim=-1)
     if kind == "patch":
         return last[:, npre:]
+    if kind == "cls+gem":
+        from dinoeval.features.pooling import gem
+
+        return torch.cat([last[:, 0], gem(last[:, npre:], p=4.0)], dim=-1)
     raise DinoevalError(f"unknown feature kind {kind!r}; use one of {', '.join(FEATURE_KINDS)}")
 
 

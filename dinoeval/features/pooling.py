@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -23,3 +24,27 @@ def gem(tokens_BTD: torch.Tensor, p: float = 4.0, eps: float = 1e-6) -> torch.Te
         raise ValueError(f"GeM exponent must be > 0, got {p}")
     x = tokens_BTD.float().clamp(min=eps)
     return x.pow(p).mean(dim=1).pow(1.0 / p)
+
+
+MULTISCALE_FACTORS = (1.0, 2**-0.5, 0.5)
+
+
+def multiscale_sizes(size: int, factors: tuple[float, ...] = MULTISCALE_FACTORS) -> tuple[int, ...]:
+    """Input sides for DINO's multi-scale retrieval features: ``round(size * f)`` for the scales
+    1, 1/sqrt(2) and 1/2 (``utils.multi_scale`` in the DINO repository)."""
+    if size < 2:
+        raise ValueError(f"input size must be >= 2, got {size}")
+    return tuple(max(1, round(size * f)) for f in factors)
+
+
+def average_then_normalize(features: list[np.ndarray]) -> np.ndarray:
+    """DINO's multi-scale combination: the mean of the per-scale ``(N, D)`` features (not
+    normalised first), then L2-normalised per row. Returns ``(N, D)`` float32."""
+    if not features:
+        raise ValueError("give the features of at least one scale")
+    shapes = {f.shape for f in features}
+    if len(shapes) != 1:
+        raise ValueError(f"per-scale features differ in shape: {sorted(shapes)}")
+    v = np.mean([np.asarray(f, np.float64) for f in features], axis=0)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v.astype(np.float32)
