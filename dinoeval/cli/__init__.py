@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "dinoeval.cli.report",
     "dinoeval.cli.scale",
     "dinoeval.cli.stats",
+    "dinoeval.cli.video",
 ]
 
 for _name in _COMMAND_MODULES:
