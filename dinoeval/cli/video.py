@@ -46,6 +46,9 @@ def video_seg(
     masks_dir: Annotated[Path | None, typer.Option(
         help="Write predicted masks here as <video>/<frame>.png palette PNGs (DAVIS layout; "
         "one subfolder per backbone when several --ckpt).")] = None,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write a page with one overlay strip per video (frames, ground truth, "
+        "each backbone's masks).")] = None,
     pixel_patch: PixelPatchOpt = 8,
     checkpoint_key: CheckpointKeyOpt = "teacher",
     num_heads: NumHeadsOpt = None,
@@ -62,7 +65,7 @@ def video_seg(
 
       dinoeval video-seg --ckpt ckpt.pth --ckpt pixels --data moving-shapes
     """
-    from dinoeval.checks import check_output_dir
+    from dinoeval.checks import check_output_dir, check_output_path
     from dinoeval.data.video import get_video_source
     from dinoeval.pipeline import save_config, specs
     from dinoeval.pipeline.video_seg import VideoSegConfig, check_inputs, run_video_seg
@@ -76,11 +79,13 @@ def video_seg(
         check_out(out)
         if masks_dir is not None:
             check_output_dir(masks_dir, "--masks-dir")
+        if html is not None:
+            check_output_path(html, "--html")
         dataset = get_video_source(data)
         backbones = [bopts.load(s) for s in specs(ckpt)]
         for backbone in backbones:  # every size and annotation checked before any work
             check_inputs(backbone, dataset, cfg)
-        frames = []
+        frames, runs = [], []
         for spec, backbone in zip(specs(ckpt), backbones, strict=True):
             run_cfg = cfg if masks_dir is None else _with_masks(cfg, masks_dir, spec, len(ckpt))
             with progress_factory() as pf:
@@ -88,9 +93,14 @@ def video_seg(
             for note in run.notes:
                 console.print(f"[dim]{spec}: {note}[/]")
             frames.append(run.frame)
+            runs.append((spec, run))
             write_results(run.frame, out)
         df = concat(frames)
         print_results(df[df["param"] == ""], title="Video object segmentation (DAVIS J&F)")
+        if html is not None:
+            from dinoeval.report.video import write_video_report
+
+            console.print(f"[green]overlay strips ->[/] {write_video_report(html, runs)}")
         if out is not None:
             save_config(out, backbone=bopts, video_seg=cfg)
 
