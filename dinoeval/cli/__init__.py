@@ -25,6 +25,7 @@ _COMMAND_MODULES = [
     "dinoeval.cli.knn",
     "dinoeval.cli.pretrain",
     "dinoeval.cli.report",
+    "dinoeval.cli.retrieval",
     "dinoeval.cli.scale",
     "dinoeval.cli.stats",
     "dinoeval.cli.video",

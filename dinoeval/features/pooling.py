@@ -29,12 +29,16 @@ def gem(tokens_BTD: torch.Tensor, p: float = 4.0, eps: float = 1e-6) -> torch.Te
 MULTISCALE_FACTORS = (1.0, 2**-0.5, 0.5)
 
 
-def multiscale_sizes(size: int, factors: tuple[float, ...] = MULTISCALE_FACTORS) -> tuple[int, ...]:
-    """Input sides for DINO's multi-scale retrieval features: ``round(size * f)`` for the scales
-    1, 1/sqrt(2) and 1/2 (``utils.multi_scale`` in the DINO repository)."""
-    if size < 2:
-        raise ValueError(f"input size must be >= 2, got {size}")
-    return tuple(max(1, round(size * f)) for f in factors)
+def multiscale_sizes(size: int, patch: int = 1,
+                     factors: tuple[float, ...] = MULTISCALE_FACTORS) -> tuple[int, ...]:
+    """Input sides for DINO's multi-scale retrieval features: ``size * f`` for the scales 1,
+    1/sqrt(2) and 1/2 (``utils.multi_scale`` in the DINO repository), rounded to the nearest
+    multiple of ``patch`` (at least one patch). DINO rescales to ``size * f`` exactly and its patch
+    embedding drops the remainder (224 px, patch 16: 158 px, of which 144 are seen); here the
+    whole image is resized to the rounded side (160 px, all of it seen)."""
+    if size < 2 or patch < 1:
+        raise ValueError(f"input size must be >= 2 and patch >= 1, got {size}, {patch}")
+    return tuple(max(patch, round(size * f / patch) * patch) for f in factors)
 
 
 def average_then_normalize(features: list[np.ndarray]) -> np.ndarray:

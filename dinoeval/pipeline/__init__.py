@@ -25,6 +25,15 @@ from dinoeval.pipeline.collapse import (
 from dinoeval.pipeline.knn import KnnConfig, KnnRun, evaluate_knn, run_knn
 from dinoeval.pipeline.knn_bank import KnnBankConfig, run_knn_bank
 from dinoeval.pipeline.linear import evaluate_linear, run_linear
+from dinoeval.pipeline.retrieval import (
+    CopyDetectionConfig,
+    RetrievalConfig,
+    RetrievalRun,
+    evaluate_copy_detection,
+    evaluate_retrieval,
+    run_copy_detection,
+    run_retrieval,
+)
 from dinoeval.pipeline.setup import (
     BackboneOptions,
     ExtractOptions,
@@ -38,10 +47,39 @@ from dinoeval.pipeline.setup import (
 )
 
 __all__ = [
-    "AttentionConfig", "AttentionRun", "BackboneOptions", "ClusterConfig", "CollapseConfig",
-    "ExtractOptions", "KnnBankConfig", "KnnConfig", "KnnRun", "ProgressFactory", "Run",
-    "attention_frame", "context_for", "evaluate_clusters", "evaluate_knn", "evaluate_linear",
-    "get_features", "run_attention", "run_attentions", "run_clusters", "run_collapse_stats",
-    "run_collapse_stats_kinds", "run_extract", "run_knn", "run_knn_bank", "run_linear",
-    "save_config", "specs",
+    "AttentionConfig",
+    "AttentionRun",
+    "BackboneOptions",
+    "ClusterConfig",
+    "CollapseConfig",
+    "CopyDetectionConfig",
+    "ExtractOptions",
+    "KnnBankConfig",
+    "KnnConfig",
+    "KnnRun",
+    "ProgressFactory",
+    "RetrievalConfig",
+    "RetrievalRun",
+    "Run",
+    "attention_frame",
+    "context_for",
+    "evaluate_clusters",
+    "evaluate_copy_detection",
+    "evaluate_knn",
+    "evaluate_linear",
+    "evaluate_retrieval",
+    "get_features",
+    "run_attention",
+    "run_attentions",
+    "run_clusters",
+    "run_collapse_stats",
+    "run_collapse_stats_kinds",
+    "run_copy_detection",
+    "run_extract",
+    "run_knn",
+    "run_knn_bank",
+    "run_linear",
+    "run_retrieval",
+    "save_config",
+    "specs",
 ]

@@ -42,6 +42,8 @@ def test_multiscale_sizes_and_combination():
     from dinoeval.features.pooling import average_then_normalize, multiscale_sizes
 
     assert multiscale_sizes(224) == (224, 158, 112)
+    assert multiscale_sizes(224, 16) == (224, 160, 112)
+    assert multiscale_sizes(16, 4) == (16, 12, 8)
     a = np.array([[3.0, 0.0], [0.0, 1.0]], np.float32)
     b = np.array([[1.0, 0.0], [0.0, 3.0]], np.float32)
     c = np.array([[0.0, 2.0], [2.0, 2.0]], np.float32)

@@ -1,0 +1,468 @@
+"""Image retrieval and copy-detection runners (DINO's ``eval_image_retrieval.py`` and
+``eval_copy_detection.py``, without a GPU or a process group).
+
+Retrieval: CLS features of queries and gallery at one input size (DINO: 224), optionally averaged
+over the scales 1, 1/sqrt(2), 1/2 and L2-normalised; every query ranks the *whole* gallery by
+cosine similarity through the out-of-core exact search (:func:`~dinoeval.eval.knn_ooc.knn_search_ooc`,
+faiss), a block of queries at a time so that memory stays under ``max_memory``; relevance comes
+from a revisited ground-truth file (Easy/Medium/Hard) or from labels (same class; the query
+itself is junk when queries and gallery are one set).
+
+Copy detection: CLS ⊕ GeM(p=4) of the last block's patch tokens (feature kind ``cls+gem``) at a
+square input (DINO: 320 px), PCA-whitened (power 0.5) with a transform learned on separate images,
+then the same exact full ranking; each copy's positives are its original(s).
+
+Images are resized to a square as a whole (DINO's copy detection does the same; its retrieval
+script keeps the aspect ratio with one image per batch, which this batched extraction does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from dinoeval.checks import at_least, one_of, positive
+from dinoeval.data._base import ImageSource
+from dinoeval.data.copies import CopyBenchmark
+from dinoeval.data.roxford import RevisitedGroundTruth, RevisitedSource
+from dinoeval.errors import DinoevalError
+from dinoeval.eval.knn_ooc import knn_search_ooc
+from dinoeval.eval.retrieval import (
+    AP_KINDS,
+    DEFAULT_RETRIEVAL_KS,
+    PROTOCOLS,
+    QueryGroundTruth,
+    RetrievalResult,
+    average_precision,
+    groundtruth_by_protocol,
+    precision_recall_at,
+    relevance_from_groundtruth,
+    relevance_from_labels,
+    summarize,
+)
+from dinoeval.eval.whitening import Whitening, learn_whitening
+from dinoeval.features import FeatureSet, extract_features
+from dinoeval.features.pooling import average_then_normalize, multiscale_sizes
+from dinoeval.models import Backbone
+from dinoeval.pipeline.knn_bank import parse_bytes
+from dinoeval.pipeline.setup import (
+    BackboneOptions,
+    ExtractOptions,
+    ProgressFactory,
+    as_source,
+    notes,
+)
+from dinoeval.results import Context, to_frame
+
+SHOW_HITS = 5  # hits per shown query kept for the report
+QUERY_BLOCK_MAX = 65536  # queries ranked per search call at most
+_SEARCH_FIXED = 40 << 20  # the search's fixed buffers (faiss scratch; see knn_ooc.fixed_bytes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrievalConfig:
+    """Retrieval settings (defaults: DINO's ``eval_image_retrieval.py``).
+
+    Attributes:
+        ks: cut-offs of mP@k and recall@k.
+        protocols: revisited protocols evaluated when a ground-truth file defines relevance.
+        multiscale: average CLS over input sides ``s, s/sqrt(2), s/2`` (then L2-normalise).
+        ap_kind: ``trapezoid`` (the revisited protocol) or ``step``.
+        max_memory: working-memory budget of the search (``"1GB"``).
+        show: queries whose top hits are kept for the report.
+    """
+
+    ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS
+    protocols: tuple[str, ...] = ("medium", "hard")
+    multiscale: bool = False
+    ap_kind: str = "trapezoid"
+    max_memory: str = "1GB"
+    show: int = 8
+
+    def __post_init__(self) -> None:
+        check_ranking_options(self.ks, self.ap_kind, self.max_memory, self.show)
+        if not self.protocols:
+            raise DinoevalError("give at least one --protocol")
+        for p in self.protocols:
+            one_of("--protocol", p, PROTOCOLS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CopyDetectionConfig:
+    """Copy-detection settings (defaults: DINO's ``eval_copy_detection.py``).
+
+    Attributes:
+        img_size: square input side of ViT backbones (320); pixels use ``--pixel-size``.
+        whiten: learn PCA-whitening on the benchmark's whitening images.
+        whitening_power: eigenvalue exponent (0.5 whitens fully).
+        ks, ap_kind, max_memory, show: as :class:`RetrievalConfig`.
+    """
+
+    img_size: int = 320
+    whiten: bool = True
+    whitening_power: float = 0.5
+    ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS
+    ap_kind: str = "trapezoid"
+    max_memory: str = "1GB"
+    show: int = 8
+
+    def __post_init__(self) -> None:
+        check_ranking_options(self.ks, self.ap_kind, self.max_memory, self.show)
+        at_least("--img-size", self.img_size, 8)
+        if self.whitening_power < 0:
+            raise DinoevalError(f"--whitening-power must be >= 0, got {self.whitening_power}")
+
+
+def check_ranking_options(ks: tuple[int, ...], ap_kind: str, max_memory: str, show: int) -> None:
+    """Checks shared by both configs (one-line errors naming the option)."""
+    if not ks:
+        raise DinoevalError("give at least one --k")
+    for k in ks:
+        at_least("--k", k, 1)
+    one_of("--ap", ap_kind, AP_KINDS)
+    positive("--max-memory", parse_bytes(max_memory))
+    at_least("--show", show, 0)
+
+
+@dataclass(frozen=True)
+class TopHits:
+    """The first hits of a few queries, for the report.
+
+    Attributes:
+        queries: ``(S,)`` query rows (source indices).
+        hits: ``(S, h)`` gallery source indices, best first.
+        marks: ``(S, h)`` 1 relevant, 0 irrelevant, -1 junk (under the first protocol).
+        scores: ``(S, h)`` cosine similarities.
+    """
+
+    queries: np.ndarray
+    hits: np.ndarray
+    marks: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class RetrievalRun:
+    """What a retrieval or copy-detection runner produced for one backbone."""
+
+    frame: pd.DataFrame
+    results: list[RetrievalResult]
+    top: TopHits
+    query_source: ImageSource
+    gallery_source: ImageSource
+    backbone: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking and evaluation on features in hand
+
+
+def ranked_blocks(gallery: np.ndarray, queries: np.ndarray, *, max_memory: str = "1GB",
+                  depth: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Exact cosine rankings of ``queries (M, D)`` over ``gallery (N, D)``, a block of queries
+    at a time: ``(first query, sims (b, depth), ranked (b, depth))`` with ``depth = N`` (a full
+    ranking) unless given. Ties go to the lower gallery index."""
+    n, m = len(gallery), len(queries)
+    depth = n if depth is None else min(depth, n)
+    budget = parse_bytes(max_memory)
+    # the search's working set is ~134 bytes per (query, depth) cell (see knn_ooc.plan_blocks);
+    # the metrics hold a few int64 (b, depth) arrays on top
+    per_query = depth * 200 + gallery.shape[1] * 8
+    room = max(budget - _SEARCH_FIXED, 0) // 2
+    block = int(max(1, min(m, QUERY_BLOCK_MAX, room // max(per_query, 1))))
+    for s in range(0, m, block):
+        sims, idx = knn_search_ooc(gallery, queries[s : s + block], depth, max_memory=budget)
+        yield s, sims, idx
+
+
+def evaluate_ranking(query_feats: np.ndarray, gallery_feats: np.ndarray, relevance_fn,
+                     protocols: tuple[str, ...], *, ks: tuple[int, ...], ap_kind: str,
+                     max_memory: str, show: int) -> tuple[list[RetrievalResult], TopHits]:
+    """Rank, then score every protocol. ``relevance_fn(protocol, first, ranked)`` returns the
+    ``(relevance, n_relevant)`` of the block of queries starting at ``first``."""
+    per = {p: ([], [], []) for p in protocols}
+    top = ([], [], [])
+    for s, sims, ranked in ranked_blocks(gallery_feats, query_feats, max_memory=max_memory):
+        for c, p in enumerate(protocols):
+            rel, n_rel = relevance_fn(p, s, ranked)
+            per[p][0].append(average_precision(rel, n_rel, kind=ap_kind))
+            prec, rec = precision_recall_at(rel, n_rel, ks)
+            per[p][1].append(prec)
+            per[p][2].append(rec)
+            if c == 0 and s < show:
+                keep = slice(0, min(show - s, len(ranked)))
+                top[0].append(ranked[keep, :SHOW_HITS])
+                top[1].append(rel[keep, :SHOW_HITS])
+                top[2].append(sims[keep, :SHOW_HITS])
+    depth = len(gallery_feats)
+    results = [summarize(p, np.concatenate(a), np.concatenate(pr), np.concatenate(rc), ks,
+                         ap_kind=ap_kind, depth=depth) for p, (a, pr, rc) in per.items()]
+    h = min(SHOW_HITS, depth)
+    hits = TopHits(queries=np.arange(sum(len(t) for t in top[0])),
+                   hits=np.concatenate(top[0]) if top[0] else np.zeros((0, h), np.int64),
+                   marks=np.concatenate(top[1]) if top[1] else np.zeros((0, h), np.int8),
+                   scores=np.concatenate(top[2]) if top[2] else np.zeros((0, h), np.float32))
+    return results, hits
+
+
+def evaluate_retrieval(queries: FeatureSet, gallery: FeatureSet, config: RetrievalConfig, *,
+                       groundtruth: RevisitedGroundTruth | None = None, same_set: bool = False
+                       ) -> tuple[list[RetrievalResult], TopHits]:
+    """Retrieval metrics of features in hand.
+
+    Args:
+        queries, gallery: ``(M, D)`` and ``(N, D)`` features; their ``indices`` are source
+            indices (images skipped as unreadable are absent: a missing positive counts as not
+            found).
+        groundtruth: a revisited ground truth (relevance per protocol); else labels define it.
+        same_set: queries and gallery are the same images (each query is junk for itself).
+
+    Returns:
+        One :class:`RetrievalResult` per protocol (``labels`` when labels define relevance) and
+        the top hits of the first ``config.show`` queries (gallery *source* indices).
+    """
+    _check_features(queries, gallery)
+    g_index = np.asarray(gallery.indices, np.int64)
+    if groundtruth is not None:
+        gts = {p: groundtruth_by_protocol(groundtruth.entries(), p) for p in config.protocols}
+        q_index = np.asarray(queries.indices, np.int64)
+
+        def relevance(p, s, ranked):
+            block = [gts[p][int(i)] for i in q_index[s : s + len(ranked)]]
+            return relevance_from_groundtruth(g_index[ranked], block)
+        protocols = config.protocols
+    else:
+        if (queries.labels < 0).any():
+            raise DinoevalError("label-defined retrieval needs labelled queries; give labelled "
+                                "data (class folders) or a revisited ground-truth file")
+        ids = np.arange(len(queries)) if same_set else None
+
+        def relevance(p, s, ranked):
+            return relevance_from_labels(
+                ranked, queries.labels[s : s + len(ranked)], gallery.labels,
+                query_ids=None if ids is None else ids[s : s + len(ranked)])
+        protocols = ("labels",)
+    results, top = evaluate_ranking(queries.features, gallery.features, relevance, protocols,
+                                    ks=config.ks, ap_kind=config.ap_kind,
+                                    max_memory=config.max_memory, show=config.show)
+    top = replace(top, queries=np.asarray(queries.indices)[top.queries], hits=g_index[top.hits])
+    return results, top
+
+
+def evaluate_copy_detection(queries: FeatureSet, database: FeatureSet,
+                            positives: tuple[np.ndarray, ...], config: CopyDetectionConfig, *,
+                            whitening: FeatureSet | None = None
+                            ) -> tuple[RetrievalResult, TopHits, Whitening | None]:
+    """Copy-detection mAP of features in hand.
+
+    Args:
+        queries: ``(M, D)`` copy features (``indices``: query source indices).
+        database: ``(N, D)`` originals + distractors.
+        positives: per query *source* index, database source indices of its original(s).
+        whitening: ``(W, D)`` features to learn the whitening on (``None``: raw features).
+
+    Returns:
+        The ``copies`` result, the top hits, and the whitening used.
+    """
+    _check_features(queries, database)
+    q, db, w = queries.features, database.features, None
+    if whitening is not None and config.whiten:
+        # at most W-1 components: the centred training set has no variance beyond its rank
+        dim = min(whitening.features.shape[1], len(whitening) - 1)
+        w = learn_whitening(whitening.features, power=config.whitening_power, dim=dim)
+        q, db = w.apply(q), w.apply(db)
+    g_index = np.asarray(database.indices, np.int64)
+    q_index = np.asarray(queries.indices, np.int64)
+
+    def relevance(p, s, ranked):
+        gt = [QueryGroundTruth(ok=positives[int(i)]) for i in q_index[s : s + len(ranked)]]
+        return relevance_from_groundtruth(g_index[ranked], gt)
+
+    results, top = evaluate_ranking(q, db, relevance, ("copies",), ks=config.ks,
+                                    ap_kind=config.ap_kind, max_memory=config.max_memory,
+                                    show=config.show)
+    top = replace(top, queries=q_index[top.queries], hits=g_index[top.hits])
+    return results[0], top, w
+
+
+def _check_features(queries: FeatureSet, gallery: FeatureSet) -> None:
+    if queries.features.ndim != 2 or gallery.features.ndim != 2:
+        raise DinoevalError("retrieval needs one vector per image (a cls* feature kind)")
+    if queries.features.shape[1] != gallery.features.shape[1]:
+        raise DinoevalError(f"query features have {queries.features.shape[1]} dims but gallery "
+                            f"features {gallery.features.shape[1]}; use one backbone and size")
+    if len(queries) == 0 or len(gallery) == 0:
+        raise DinoevalError("retrieval needs at least one query and one gallery image")
+
+
+# ---------------------------------------------------------------------------------------------
+# Features from specs
+
+
+class SquareSource(ImageSource):
+    """``base`` with every image resized, whole, to ``size x size`` (bicubic)."""
+
+    def __init__(self, base: ImageSource, size: int) -> None:
+        self.base, self.size = base, size
+        self.spec = f"{base.spec}|square{size}"
+        self.name, self.split, self.classes = base.name, base.split, base.classes
+        self.labels, self.grayscale = base.labels, base.grayscale
+        self.native_size = (size, size)
+
+    def load(self, index: int) -> np.ndarray:
+        from PIL import Image
+
+        img = Image.fromarray(self.base.load(index))
+        return np.asarray(img.resize((self.size, self.size), Image.Resampling.BICUBIC))
+
+    def fingerprint(self) -> str:
+        return hashlib.blake2b(f"{self.base.fingerprint()}|square{self.size}".encode(),
+                               digest_size=8).hexdigest()
+
+
+def _square(source: ImageSource, size: int | None) -> ImageSource:
+    """Whole images at ``size`` (sources already square at any size are left alone: the eval
+    transform resizes square images whole)."""
+    ns = source.native_size
+    if size is None or (ns is not None and ns[0] == ns[1]):
+        return source
+    return SquareSource(source, size)
+
+
+def features_at(backbone: Backbone, source: ImageSource, kind: str, opts: ExtractOptions,
+                progress: ProgressFactory | None) -> FeatureSet:
+    """``kind`` features of ``source``, each image resized whole to the backbone's square input."""
+    side = backbone.img_size[0] if backbone.img_size else None
+    src = _square(source, side)
+    cb = progress(f"{backbone.name} on {source.spec}", len(src)) if progress else None
+    fs = extract_features(backbone, src, kind=kind, batch_size=opts.batch_size,
+                          device=opts.device, num_workers=opts.num_workers,
+                          skip_bad_images=opts.skip_bad_images, precision=opts.precision,
+                          crop_ratio=1.0, cache_dir=opts.cache_dir, progress=cb)
+    return fs
+
+
+def retrieval_features(spec: str, sources: list[ImageSource], bopts: BackboneOptions,
+                       eopts: ExtractOptions, multiscale: bool,
+                       progress: ProgressFactory | None) -> tuple[Backbone, list[FeatureSet], str]:
+    """CLS features of each source (multi-scale when asked) and the feature label for tables."""
+    backbone = bopts.load(spec)
+    if backbone.kind == "pixels":
+        if multiscale:
+            raise DinoevalError("--multiscale needs a ViT backbone; pixels have no scales "
+                                "(drop --multiscale or the pixels --ckpt)")
+        return backbone, [features_at(backbone, s, "cls", eopts, progress) for s in sources], \
+            "pixels"
+    side = backbone.img_size[0] if backbone.img_size else None
+    if side is None:
+        raise DinoevalError(f"{spec} has no input size; pass --img-size")
+    if not multiscale:
+        return backbone, [features_at(backbone, s, "cls", eopts, progress) for s in sources], \
+            f"cls@{side}"
+    sizes = multiscale_sizes(side, backbone.patch_size)
+    scaled = [backbone] + [replace(bopts, img_size=sz).load(spec) for sz in sizes[1:]]
+    out = []
+    for s in sources:
+        fss = [features_at(b, s, "cls", eopts, progress) for b in scaled]
+        kept = fss[0].indices
+        for f in fss[1:]:
+            if not np.array_equal(f.indices, kept):
+                raise DinoevalError(f"{s.spec}: a different set of images was readable at "
+                                    "each scale; fix the unreadable files")
+        out.append(FeatureSet(features=average_then_normalize([f.features for f in fss]),
+                              labels=fss[0].labels, indices=kept,
+                              meta={**fss[0].meta, "multiscale": list(sizes)}))
+    return backbone, out, f"cls@{side} multiscale"
+
+
+def _context(backbone: Backbone, source: ImageSource, feature: str) -> Context:
+    return Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
+                   dataset=source.name, split=source.split, feature=feature)
+
+
+def run_retrieval(ckpt: str, query: str | ImageSource, gallery: str | ImageSource | None = None,
+                  *, backbone_opts: BackboneOptions = BackboneOptions(),
+                  extract_opts: ExtractOptions = ExtractOptions(),
+                  config: RetrievalConfig = RetrievalConfig(),
+                  progress: ProgressFactory | None = None) -> RetrievalRun:
+    """Retrieval of one backbone: features of ``query`` and ``gallery`` (default: the revisited
+    database of a revisited query source, else ``query`` itself), then
+    :func:`evaluate_retrieval`."""
+    t0 = time.perf_counter()
+    q_src, g_src, gt, same = resolve_retrieval_sources(query, gallery)
+    backbone, feats, feature = retrieval_features(
+        ckpt, [q_src] if same else [q_src, g_src], backbone_opts, extract_opts, config.multiscale,
+        progress)
+    fq, fg = feats[0], feats[-1]
+    results, top = evaluate_retrieval(fq, fg, config, groundtruth=gt, same_set=same)
+    rows = [r for res in results for r in res.to_rows("retrieval")]
+    frame = to_frame(rows, _context(backbone, q_src, feature), seconds=time.perf_counter() - t0)
+    return RetrievalRun(frame=frame, results=results, top=top, query_source=q_src,
+                        gallery_source=g_src, backbone=ckpt,
+                        notes=notes(backbone, (fq, q_src), (fg, g_src)))
+
+
+def resolve_retrieval_sources(query: str | ImageSource, gallery: str | ImageSource | None
+                              ) -> tuple[ImageSource, ImageSource, RevisitedGroundTruth | None,
+                                         bool]:
+    """Query and gallery sources, the revisited ground truth if any, and whether they are one
+    set. Refuses (before any work) mixed or mismatched revisited sources."""
+    q = as_source(query)
+    if gallery is None:
+        g = RevisitedSource(q.groundtruth, "database") if isinstance(q, RevisitedSource) else q
+    else:
+        g = as_source(gallery)
+    if isinstance(q, RevisitedSource) or isinstance(g, RevisitedSource):
+        if not (isinstance(q, RevisitedSource) and isinstance(g, RevisitedSource)):
+            raise DinoevalError("a revisited benchmark needs both its query and database split "
+                                "(e.g. --query roxford5k:query@DIR; the gallery defaults to its "
+                                "database)")
+        if q.split == "database" or g.split != "database":
+            raise DinoevalError("use the revisited query split (query or query-full) as --query "
+                                "and its database split as --gallery")
+        if q.groundtruth.folder != g.groundtruth.folder:
+            raise DinoevalError("--query and --gallery come from different revisited folders")
+        return q, g, q.groundtruth, False
+    same = q is g or (q.spec == g.spec and q.fingerprint() == g.fingerprint())
+    if (q.labels < 0).any() or (g.labels < 0).all():
+        raise DinoevalError(f"{q.spec if (q.labels < 0).any() else g.spec} has no labels; "
+                            "label-defined retrieval needs class folders (or use a revisited "
+                            "benchmark)")
+    if same and len(q) < 2:
+        raise DinoevalError("retrieval within one set needs at least 2 images")
+    return q, g, None, same
+
+
+def run_copy_detection(ckpt: str, benchmark: CopyBenchmark, *,
+                       backbone_opts: BackboneOptions = BackboneOptions(),
+                       extract_opts: ExtractOptions = ExtractOptions(),
+                       config: CopyDetectionConfig = CopyDetectionConfig(),
+                       progress: ProgressFactory | None = None) -> RetrievalRun:
+    """Copy detection of one backbone on ``benchmark``: ``cls+gem`` features at a square
+    ``config.img_size`` (pixels: ``--pixel-size``), whitening learned on the benchmark's
+    whitening images, then :func:`evaluate_copy_detection`."""
+    t0 = time.perf_counter()
+    bopts = backbone_opts if ckpt == "pixels" else replace(backbone_opts, img_size=config.img_size)
+    backbone = bopts.load(ckpt)
+    sets = [benchmark.queries, benchmark.database]
+    if benchmark.whitening is not None and config.whiten:
+        sets.append(benchmark.whitening)
+    feats = [features_at(backbone, s, "cls+gem", extract_opts, progress) for s in sets]
+    result, top, w = evaluate_copy_detection(feats[0], feats[1], benchmark.positives, config,
+                                             whitening=feats[2] if len(feats) > 2 else None)
+    side = backbone.img_size[0] if backbone.img_size else None
+    feature = "pixels" if backbone.kind == "pixels" else f"cls+gem@{side}"
+    if w is not None:
+        feature += f" whitened^{config.whitening_power:g}"
+    ctx = Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
+                  dataset=benchmark.name, split="copies", feature=feature)
+    frame = to_frame(result.to_rows("copy-detection"), ctx, seconds=time.perf_counter() - t0)
+    return RetrievalRun(frame=frame, results=[result], top=top, query_source=benchmark.queries,
+                        gallery_source=benchmark.database, backbone=ckpt,
+                        notes=notes(backbone, *zip(feats, sets, strict=True)))
