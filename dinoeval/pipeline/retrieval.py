@@ -447,9 +447,18 @@ def run_copy_detection(ckpt: str, benchmark: CopyBenchmark, *,
     """Copy detection of one backbone on ``benchmark``: ``cls+gem`` features at a square
     ``config.img_size`` (pixels: ``--pixel-size``), whitening learned on the benchmark's
     whitening images, then :func:`evaluate_copy_detection`."""
-    t0 = time.perf_counter()
     bopts = backbone_opts if ckpt == "pixels" else replace(backbone_opts, img_size=config.img_size)
-    backbone = bopts.load(ckpt)
+    return copy_detection_with(bopts.load(ckpt), benchmark, extract_opts=extract_opts,
+                               config=config, progress=progress)
+
+
+def copy_detection_with(backbone: Backbone, benchmark: CopyBenchmark, *,
+                        extract_opts: ExtractOptions = ExtractOptions(),
+                        config: CopyDetectionConfig = CopyDetectionConfig(),
+                        progress: ProgressFactory | None = None) -> RetrievalRun:
+    """:func:`run_copy_detection` with a backbone in hand, at the input size it was loaded with
+    (``config.img_size`` is not applied here; the demo uses its models' own size)."""
+    t0 = time.perf_counter()
     sets = [benchmark.queries, benchmark.database]
     if benchmark.whitening is not None and config.whiten:
         sets.append(benchmark.whitening)
@@ -464,5 +473,5 @@ def run_copy_detection(ckpt: str, benchmark: CopyBenchmark, *,
                   dataset=benchmark.name, split="copies", feature=feature)
     frame = to_frame(result.to_rows("copy-detection"), ctx, seconds=time.perf_counter() - t0)
     return RetrievalRun(frame=frame, results=[result], top=top, query_source=benchmark.queries,
-                        gallery_source=benchmark.database, backbone=ckpt,
+                        gallery_source=benchmark.database, backbone=backbone.spec,
                         notes=notes(backbone, *zip(feats, sets, strict=True)))
