@@ -9,8 +9,6 @@ one ``pivot`` away (:func:`pivot`).
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,30 +61,71 @@ def to_frame(rows: Iterable[Row], context: Context, *, seconds: float | None = N
     return df.astype(_DTYPES)
 
 
+def _ordered(columns: Iterable[str]) -> list[str]:
+    """:data:`COLUMNS` first, then any other column in order of first appearance."""
+    extra = [c for c in dict.fromkeys(columns) if c not in COLUMNS]
+    return [*COLUMNS, *extra]
+
+
 def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate result frames, keeping the schema even when empty."""
+    """Concatenate result frames, keeping the schema even when empty.
+
+    Columns beyond :data:`COLUMNS` are kept (after them); rows of a frame without such a column
+    get a missing value there.
+    """
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS)).astype(_DTYPES)
-    return pd.concat(frames, ignore_index=True)[list(COLUMNS)].astype(_DTYPES)
+    cols = _ordered(c for f in frames for c in f.columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=cols).astype(_DTYPES)
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """Read a results file written by :func:`append_results` (CSV or parquet)."""
+    """Read a results file written by :func:`append_results` (CSV or parquet).
+
+    Columns beyond :data:`COLUMNS` are kept, after them. Raises :class:`DinoevalError` when the
+    file is missing, unreadable, lacks a column of :data:`COLUMNS`, or (CSV) has a row whose
+    number of fields differs from the header's (a line cut short by a crash or an editor).
+    """
     path = Path(path)
     if not path.exists():
         raise DinoevalError(f"results file {path} not found; write one with --out FILE")
     try:
-        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
-            path, dtype={"param": str, "ckpt_hash": str}, keep_default_na=False,
-            na_values={"value": ["", "nan", "NaN"], "n": [""], "seconds": [""]})
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            header = _check_csv_rows(path)
+            extra_na = {c: ["", "nan", "NaN"] for c in header if c not in COLUMNS}
+            df = pd.read_csv(
+                path, dtype={"param": str, "ckpt_hash": str}, keep_default_na=False,
+                na_values={**extra_na, "value": ["", "nan", "NaN"], "n": [""], "seconds": [""]})
+    except DinoevalError:
+        raise
     except Exception as err:
         raise DinoevalError(f"results file {path} cannot be read: {err}") from err
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise DinoevalError(f"{path} is not a dinoeval results table (missing columns "
                             f"{', '.join(missing)})")
-    return df[list(COLUMNS)].astype(_DTYPES)
+    return df[_ordered(df.columns)].astype(_DTYPES)
+
+
+def _check_csv_rows(path: Path) -> list[str]:
+    """The header of a CSV table; refuses a row with the wrong number of fields, naming its line."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return []
+        for row in reader:
+            if row and len(row) != len(header):
+                cut = "" if f.read(1) else " (the last line, cut short?)"
+                raise DinoevalError(
+                    f"results file {path} line {reader.line_num} has {len(row)} fields where the "
+                    f"header has {len(header)}{cut}; repair or delete that line, then rerun")
+    return header
 
 
 def check_results_path(path: str | Path) -> Path:
@@ -103,28 +142,58 @@ def check_results_path(path: str | Path) -> Path:
 
 
 def append_results(path: str | Path, df: pd.DataFrame) -> Path:
-    """Append ``df`` to ``path`` (CSV or ``.parquet``), atomically: the old rows are never lost."""
+    """Append ``df`` to ``path`` (CSV or ``.parquet``); returns ``path``.
+
+    Safe with concurrent writers: the read-append-replace cycle holds an exclusive lock on the
+    sibling ``.<name>.lock`` file, and the new table replaces the old one atomically
+    (:func:`dinoeval._io.atomic_write`), so no row of any writer is ever lost and a reader sees
+    a complete table. A column only ``df`` (or only the old table) has is kept; the other rows
+    get a missing value there. Raises :class:`DinoevalError` for a bad name, an unreadable table
+    (see :func:`read_results`) or a full disk.
+    """
+    from dinoeval._io import atomic_write, locked
+
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):
         raise DinoevalError(f"results file {path} must end in .csv or .parquet")
-    combined = concat([read_results(path), df]) if path.exists() else concat([df])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with locked(path):
+            combined = concat([read_results(path), df]) if path.exists() else concat([df])
+            if path.suffix == ".parquet":
+                atomic_write(path, lambda tmp: combined.to_parquet(tmp, index=False))
+            else:
+                atomic_write(path, lambda tmp: combined.to_csv(tmp, index=False))
+    except DinoevalError:
+        raise
     except OSError as err:
         raise DinoevalError(f"cannot write results file {path}: {err.strerror or err}; choose "
                             "a writable --out") from None
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            combined.to_parquet(tmp, index=False)
-        else:
-            combined.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
+
+
+def append_run_config(path: str | Path, entry: dict[str, object]) -> Path:
+    """Append ``entry`` to the ``<results>.config.json`` sidecar of results file ``path``.
+
+    The sidecar holds ``{"runs": [...]}``, oldest first. Like :func:`append_results` the update
+    holds the table's sidecar lock and replaces the file atomically, so concurrent commands keep
+    every entry. An unreadable old sidecar is kept aside as ``.bak`` (never fail after the work).
+    """
+    import json
+
+    from dinoeval._io import atomic_write_text, locked
+
+    out = Path(path).with_name(Path(path).name + ".config.json")
+    with locked(out):
+        runs: list[object] = []
+        if out.exists():
+            try:
+                old = json.loads(out.read_text())
+                runs = old["runs"] if isinstance(old, dict) and "runs" in old else [old]
+            except (OSError, ValueError):
+                out.replace(out.with_name(out.name + ".bak"))
+        atomic_write_text(out, json.dumps({"runs": [*runs, entry]}, indent=1, default=str))
+    return out
 
 
 def pivot(df: pd.DataFrame, *, rows: Sequence[str] = ("backbone", "arch", "feature"),

@@ -13,59 +13,62 @@
     world_size, elapsed_seconds, format
 
 ``backbone.safetensors`` holds the teacher backbone alone (timm key names), with the arch fields
-as string metadata. Both are written to a temporary file in
-the same directory, flushed to disk and renamed over the old file, so a reader (or a run killed at
-any moment) sees either the old or the new complete file, never a partial one.
+as string metadata, its header keys sorted so that identical weights give identical bytes. Both are
+written with :func:`dinoeval._io.atomic_write` (a temporary file in the same directory, flushed to
+disk, given the umask's mode and renamed over the old file), so a reader (or a run killed at any
+moment) sees either the old or the new complete file, never a partial one.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dinoeval._io import atomic_write
 from dinoeval.errors import DinoevalError
+
+__all__ = ["BACKBONE_NAME", "CHECKPOINT_NAME", "FORMAT", "RUN_LOCK", "atomic_write", "load_checkpoint",
+           "save_checkpoint", "save_safetensors"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pth"
 BACKBONE_NAME = "backbone.safetensors"
 FORMAT = "dinoeval-pretrain-v1"
+RUN_LOCK = ".run.lock"  # held (flock) by the process training into the folder; names it (pid, host)
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path`` (and fsync the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every filesystem
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                     metadata: dict[str, str]) -> None:
+    """Write a safetensors file whose bytes depend only on ``tensors`` and ``metadata``.
+
+    ``safetensors`` serialises the metadata from a hash map, so two saves of the same weights can
+    order its keys differently and differ in bytes (and content hash). Here the JSON header is
+    re-written with sorted keys (the format allows any order), padded with spaces to a multiple of
+    8 bytes as the format requires; the tensor bytes and their offsets are unchanged.
+    """
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        f.write(blob[8 + n:])
 
 
 def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` as ``out_dir/checkpoint.pth`` and the teacher backbone as
     ``out_dir/backbone.safetensors``, both atomically. Returns the checkpoint path."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     state = {**state, "format": FORMAT}
     _check_plain(state, "checkpoint")
@@ -77,7 +80,7 @@ def save_checkpoint(out_dir: str | Path, state: dict[str, Any]) -> Path:
     meta = {"format": FORMAT, "network": "teacher", "epoch": str(state.get("epoch", ""))}
     meta.update({k: str(cfg[k]) for k in ("arch", "embed_dim", "depth", "num_heads", "patch_size",
                                           "img_size") if k in cfg})
-    atomic_write(out / BACKBONE_NAME, lambda tmp: save_file(backbone, tmp, metadata=meta))
+    atomic_write(out / BACKBONE_NAME, lambda tmp: save_safetensors(backbone, tmp, meta))
     return path
 
 
@@ -88,10 +91,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        for stale in path.glob(f".{CHECKPOINT_NAME}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        for stale in path.glob(f".{BACKBONE_NAME}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        for name in (CHECKPOINT_NAME, BACKBONE_NAME):
+            for stale in path.glob(f".{name}.*.tmp*"):  # ".tmp" (older) or ".tmp<suffix>"
+                stale.unlink(missing_ok=True)
         path = path / CHECKPOINT_NAME
     if not path.exists():
         raise DinoevalError(f"no checkpoint at {path}; start a run with --out DIR first")

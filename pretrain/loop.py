@@ -27,11 +27,12 @@ import torch.distributed as dist
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from dinoeval._io import try_lock_exclusive
 from dinoeval.data import get_source
 from dinoeval.errors import DinoevalError
 from dinoeval.models import DINOHead
 from pretrain.augment import MultiCrop
-from pretrain.checkpoint import load_checkpoint, save_checkpoint
+from pretrain.checkpoint import CHECKPOINT_NAME, RUN_LOCK, load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data import TrainData, build_data, iter_batches, steps_per_epoch
 from pretrain.distributed import DistEnv, init_distributed, resolve_device
@@ -368,6 +369,17 @@ def _train(cfg: PretrainConfig, out: Path, resume: bool, on_event: EventFn | Non
            should_stop: Callable[[], bool] | None) -> RunResult:
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env)
+    lock = try_lock_exclusive(out / RUN_LOCK, f"run folder {out}") if env.is_main else None
+    try:
+        return _train_locked(cfg, env, device, out, resume, on_event, should_stop)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_locked(cfg: PretrainConfig, env: DistEnv, device: torch.device, out: Path,
+                  resume: bool, on_event: EventFn | None,
+                  should_stop: Callable[[], bool] | None) -> RunResult:
     source = get_source(cfg.data)
     cfg = cfg.resolved(source.native_size)
     ckpt = _check_resume(cfg, out) if resume else None
@@ -431,6 +443,9 @@ class _Run:
 
     def run(self) -> RunResult:
         tr, cfg = self.tr, self.tr.cfg
+        if self.resumed and tr.epoch >= cfg.epochs:  # nothing to train: leave the folder as it is
+            self.checkpoint = self.out / CHECKPOINT_NAME
+            return self._finish(f"already finished ({cfg.epochs} epochs, nothing to do)")
         self._prepare_dir()
         if not self.resumed and tr.data.probe is not None:
             self._epoch_row(knn=True)  # the random-init baseline, at step 0

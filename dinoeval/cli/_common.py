@@ -63,8 +63,11 @@ def user_errors() -> Iterator[None]:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:
-        if os.environ.get(DEBUG_ENV):
-            raise
+        if os.environ.get(DEBUG_ENV):  # print it here: click turns some (EOFError) into "Aborted."
+            import traceback
+
+            traceback.print_exc()
+            raise typer.Exit(1) from None
         first = (str(err).splitlines() or [""])[0]
         raise _error_line(f"unexpected {type(err).__name__}: {first} (a dinoeval bug; rerun "
                           f"with {DEBUG_ENV}=1 for the traceback and report it)", 1) from None

@@ -37,12 +37,18 @@ class BadImageError(DinoevalError):
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3) uint8`` RGB; :class:`BadImageError` names a broken file."""
+    """Decode an image file to ``(H, W, 3) uint8`` RGB; :class:`BadImageError` names a broken file.
+
+    Every PIL mode is converted faithfully (16-bit, float, alpha, CMYK; see
+    :mod:`dinoeval.data._decode`) or refused with an error naming the mode.
+    """
     from PIL import Image
+
+    from dinoeval.data._decode import to_rgb
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb(im)
     except Exception as err:  # PIL raises many types for broken files
         raise BadImageError(path, f"{type(err).__name__}: {err}") from err
 

@@ -2,9 +2,10 @@
 
 The key hashes everything the features depend on (:func:`~dinoeval.features.extract.feature_meta`):
 checkpoint content hash, source fingerprint, transform, kind, precision and code version. An entry
-is written into a temporary directory and renamed into place, so a crash leaves no entry that
-looks complete; ``meta.json`` is written last and re-checked on read, so a stale or partial entry
-is never used.
+is written into a temporary directory and renamed into place (:func:`dinoeval._io.atomic_dir`),
+so a crash leaves no entry that looks complete; ``meta.json`` is written last and re-checked on
+read, and any entry that cannot be read is recomputed, so a stale, partial or damaged entry is
+never used. Entries get the umask's modes, so colleagues can share one cache folder.
 """
 
 from __future__ import annotations
@@ -12,15 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dinoeval._io import DiskFullError, atomic_dir, clean_stale_tmp
 from dinoeval.features.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -45,30 +43,43 @@ class FeatureCache:
         return self.root / cache_key(meta)
 
     def get(self, meta: dict[str, Any]) -> FeatureSet | None:
-        """The cached entry for ``meta`` (memory-mapped), or None when absent/stale/partial."""
+        """The cached entry for ``meta`` (memory-mapped), or None when absent, stale or damaged.
+
+        Any entry that cannot be read completely (a zero-byte or truncated ``.npy``, bad JSON,
+        arrays of mismatched lengths) counts as absent, so the caller recomputes and
+        :meth:`put` replaces it.
+        """
         d = self.path(meta)
         meta_file = d / "meta.json"
         if not meta_file.exists():
             return None
         try:
             stored = json.loads(meta_file.read_text())
-            if any(stored.get(k) != meta.get(k) for k in _KEY_FIELDS) or not stored.get("complete"):
+            if not isinstance(stored, dict) or any(
+                    stored.get(k) != meta.get(k) for k in _KEY_FIELDS) or not stored.get("complete"):
                 log.info("cache entry %s is stale; recomputing", d)
                 return None
             feats = np.load(d / "features.npy", mmap_mode="r")
             labels = np.load(d / "labels.npy")
             indices = np.load(d / "indices.npy")
-        except (OSError, ValueError, json.JSONDecodeError) as err:
-            log.warning("cache entry %s unreadable (%s); recomputing", d, err)
+        except Exception as err:  # numpy raises EOFError, ValueError, OSError, ... for damage
+            log.warning("cache entry %s unreadable (%s: %s); recomputing", d, type(err).__name__,
+                        err)
             return None
-        if len(feats) != len(labels) or len(labels) != len(indices):
+        if feats.ndim != 2 or not len(feats) == len(labels) == len(indices):
+            log.warning("cache entry %s has arrays of mismatched shapes; recomputing", d)
             return None
         log.info("features from cache %s", d)
         return FeatureSet(features=feats, labels=labels, indices=indices,
                           meta={**stored, "cached": True})
 
     def put(self, fs: FeatureSet) -> Path:
-        """Store ``fs`` atomically (temp directory + rename); returns the entry path."""
+        """Store ``fs`` atomically (see :func:`dinoeval._io.atomic_dir`); returns the entry path.
+
+        Leftover ``.tmp-*`` folders of writers that were killed are removed first (never those of
+        a live writer). Raises :class:`~dinoeval._io.DiskFullError` on a full disk.
+        """
+        clean_stale_tmp(self.root)
 
         def write(tmp: Path) -> None:
             np.save(tmp / "features.npy", np.ascontiguousarray(fs.features))
@@ -78,22 +89,13 @@ class FeatureCache:
             (tmp / "meta.json").write_text(json.dumps({**fs.meta, "complete": True}, indent=1,
                                                       default=str))
 
-        return atomic_dir(self.root, self.path(fs.meta), write)
+        return atomic_dir(self.path(fs.meta), write)
 
-
-def atomic_dir(parent: Path, final: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` in a temporary directory under ``parent``, then rename it to ``final``.
-
-    A crash leaves only a ``.tmp-*`` directory, never a ``final`` that looks complete.
-    """
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
-    try:
-        write(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    def try_put(self, fs: FeatureSet) -> Path | None:
+        """:meth:`put`, except that a full disk is logged (the features are still usable from
+        memory) and ``None`` returned: the cache is optional, the evaluation goes on."""
+        try:
+            return self.put(fs)
+        except DiskFullError as err:
+            log.warning("%s; continuing without caching these features", err)
+            return None

@@ -222,7 +222,7 @@ def extract_features(
     fs = FeatureSet(features=features, labels=source.labels[indices].copy(), indices=indices,
                     meta=meta)
     if cache_dir is not None:
-        cache.put(fs)
+        cache.try_put(fs)  # a full disk: logged, the features in hand are still used
     return fs
 
 

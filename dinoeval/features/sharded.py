@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from dinoeval._io import atomic_dir, clean_stale_tmp
 from dinoeval.data._base import ImageSource
 from dinoeval.errors import DinoevalError
-from dinoeval.features.cache import _KEY_FIELDS, FeatureCache, atomic_dir, cache_key
+from dinoeval.features.cache import _KEY_FIELDS, FeatureCache, cache_key
 from dinoeval.features.extract import (
     FEATURE_KINDS,
     feature_meta,
@@ -185,7 +186,8 @@ def extract_shard(
         np.save(tmp / "indices.npy", indices.astype(np.int64))
         (tmp / "meta.json").write_text(json.dumps(shard_meta, indent=1, default=str))
 
-    atomic_dir(root, final, write)
+    clean_stale_tmp(root)
+    atomic_dir(final, write)
     return final, True
 
 
@@ -249,7 +251,8 @@ def merge_shards(cache_dir: str | Path, meta: dict[str, Any], world_size: int, *
                                                   default=str))
 
     cache = FeatureCache(cache_dir)
-    final = atomic_dir(cache.root, cache.path(meta), write)
+    clean_stale_tmp(cache.root)
+    final = atomic_dir(cache.path(meta), write)
     if not keep_shards:
         shutil.rmtree(root, ignore_errors=True)
     return final

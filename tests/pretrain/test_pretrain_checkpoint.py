@@ -96,3 +96,47 @@ def test_backbone_export_carries_the_arch_as_metadata(tmp_path, tiny_config):
         keys = set(f.keys())
     assert meta["num_heads"] == "2" and meta["embed_dim"] == "32" and meta["network"] == "teacher"
     assert "cls_token" in keys and not any(k.startswith(("backbone.", "head.")) for k in keys)
+
+
+def test_identical_states_write_byte_identical_backbones(tmp_path, tiny_config):
+    from safetensors import safe_open
+
+    from pretrain.checkpoint import BACKBONE_NAME, load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(_run(tmp_path, tiny_config))
+    blobs = {save_checkpoint(tmp_path / f"copy{i}", state).with_name(BACKBONE_NAME).read_bytes()
+             for i in range(4)}  # safetensors orders its metadata hash map differently each time
+    assert len(blobs) == 1
+    with safe_open(str(tmp_path / "copy0" / BACKBONE_NAME), framework="pt") as f:
+        assert f.metadata()["embed_dim"] == "32" and f.metadata()["network"] == "teacher"
+    assert load_backbone(str(tmp_path / "copy0" / BACKBONE_NAME), num_heads=2).model is not None
+
+
+def test_a_second_run_into_the_same_folder_stops_naming_the_holder(tmp_path, tiny_config):
+    import os
+
+    from dinoeval._io import LockHeld
+
+    out, seen = tmp_path / "run", []
+
+    def second_run() -> bool:
+        if not seen:
+            with pytest.raises(LockHeld) as err:
+                train_loop(tiny_config(epochs=1), out)
+            seen.append(str(err.value))
+        return True
+
+    train_loop(tiny_config(epochs=1), out, should_stop=second_run)
+    assert seen and f"run folder {out} is in use by pid {os.getpid()} on host " in seen[0]
+    steps = (out / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in steps] == ["step", "1"]  # one row per step, one run
+    assert train_loop(tiny_config(epochs=1), out, resume=True).step == 4  # released after
+
+
+def test_resuming_a_finished_run_says_so(tmp_path, tiny_config):
+    out = _run(tmp_path, tiny_config)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".run.lock"}
+    result = train_loop(tiny_config(epochs=1), out, resume=True)
+    assert result.stop_reason == "already finished (1 epochs, nothing to do)"
+    assert result.checkpoint == out / "checkpoint.pth"
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".run.lock"} == before
