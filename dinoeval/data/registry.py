@@ -31,11 +31,17 @@ def available_sources() -> dict[str, str]:
 
 
 _SUBSET = re.compile(r"^(?P<base>.*)\[:(?P<n>\d+)\]$")
+_BARE_SUBSET = re.compile(r"^(?P<base>[\w-]+(?::[\w-]+)?)\[(?P<n>\d+)\]$")  # digits:train[50]
 
 
 def get_source(spec: str) -> ImageSource:
     """Build the source named by ``spec`` (see the module docstring)."""
     spec = spec.strip()
+    bare = _BARE_SUBSET.match(spec)
+    if bare:
+        raise DinoevalError(f"{spec!r}: a subset is written [:N] with a colon, e.g. "
+                            f"{bare.group('base')}[:{bare.group('n')}] for {bare.group('n')} "
+                            "seeded images in their original order")
     m = _SUBSET.match(spec)
     limit = int(m.group("n")) if m else None
     base = m.group("base") if m else spec

@@ -85,7 +85,7 @@ class LinearProbeConfig:
                 v < 0 for v in self.weight_decays):
             raise DinoevalError("learning rates and C must be > 0, weight decays >= 0")
         if not 0 < self.val_fraction < 1:
-            raise DinoevalError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise DinoevalError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         for name, value in (("--epochs", self.epochs), ("batch_size", self.batch_size),
                             ("max_iter", self.max_iter)):
             if value < 1:

@@ -59,7 +59,9 @@ class FeatureCache:
                     stored.get(k) != meta.get(k) for k in _KEY_FIELDS) or not stored.get("complete"):
                 log.info("cache entry %s is stale; recomputing", d)
                 return None
-            feats = np.load(d / "features.npy", mmap_mode="r")
+            # copy-on-write: writable for numpy/torch (no "array is not writable" warnings),
+            # while the file itself is never modified
+            feats = np.load(d / "features.npy", mmap_mode="c")
             labels = np.load(d / "labels.npy")
             indices = np.load(d / "indices.npy")
         except Exception as err:  # numpy raises EOFError, ValueError, OSError, ... for damage

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,9 @@ def load_file(path: str | Path) -> Any:
         except Exception as err:
             raise DinoevalError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            # files saved with pickle protocol 4/5 load fine; torch warns about them regardless
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         msg = str(err)
