@@ -170,7 +170,8 @@ def markdown(args: argparse.Namespace, runs: list[dict], wall: float, rows: int,
         f"- wall time: {wall:.0f} s; commands run: {len(runs)}; failed: "
         f"{sum(r['rc'] != 0 for r in runs)}",
         f"- rows in the table: {rows} (reported appended: {sum(r['appended'] for r in runs)})",
-        f"- cache entries: {entries}, all readable: {'yes' if not any('cache' in p for p in problems) else 'no'}",
+        f"- cache entries: {entries}, all readable: "
+        f"{'no' if any(p.startswith('cache') for p in problems) else 'yes'}",
         f"- checks: {'all passed' if not problems else '; '.join(problems)}",
         "",
         "| command | runs | failed | rows appended | median s | max s |",

@@ -22,9 +22,9 @@ def test_val_fraction_error_names_the_option():
 @pytest.mark.parametrize("spec,fix", [("digits:train[50]", "digits:train[:50]"),
                                       ("digits[7]", "digits[:7]")])
 def test_a_subset_without_colon_explains_the_syntax(spec, fix):
-    from dinoeval.data import get_source
-
     import re
+
+    from dinoeval.data import get_source
 
     with pytest.raises(DinoevalError, match=r"a subset is written \[:N\] with a colon, e\.g\. "
                                             + re.escape(fix)):
