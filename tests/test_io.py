@@ -116,3 +116,11 @@ def test_exclusive_lock_names_the_holder(tmp_path):
     f = try_lock_exclusive(lock, "run folder")  # released when the holder died
     assert f"{os.getpid()}" in lock.read_text()
     f.close()
+
+
+def test_a_knn_bank_file_gets_the_umask_mode(tmp_path, umask_002):
+    from dinoeval.eval._bank import write_bank
+
+    out = write_bank(np.ones((5, 4), np.float32), tmp_path / "bank.npy", "float16")
+    assert out.stat().st_mode & 0o777 == 0o664 and np.load(out).shape == (5, 4)
+    assert os.listdir(tmp_path) == ["bank.npy"]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from dinoeval.errors import DinoevalError
+from dinoeval.pipeline import save_config
 from dinoeval.results import (
     COLUMNS,
     Context,
@@ -33,7 +34,7 @@ def _writer(path: str, config: str, worker: int, barrier) -> None:
     barrier.wait()
     for j in range(N_APPENDS):
         append_results(path, _frame(f"w{worker}-{j}"))
-        append_run_config(config, {"worker": worker, "append": j})
+        save_config(config, worker=worker, append=j)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

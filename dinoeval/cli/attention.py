@@ -134,6 +134,11 @@ def attention(
         else:
             console.print(f"[yellow]{source.spec} has no ground truth: maps drawn, not scored[/]")
         write_results(frame, results)
+        if results is not None:
+            from dinoeval.pipeline import save_config
+
+            save_config(results, backbone=bopts, attention=config, data=source.spec,
+                        n=len(indices), report=str(html))
         console.print(f"[green]report[/] {html} "
                       f"[dim]({time.perf_counter() - start:.1f} s)[/]")
 

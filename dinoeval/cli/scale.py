@@ -104,8 +104,9 @@ def extract_sharded(
         if in_group and rank != 0:  # rank 0 reports for the group
             return
         if fs is None:
-            console.print(f"[yellow]shard {rank} of {world_size} written; waiting for the other "
-                          "shards before merging[/]")
+            console.print(f"[yellow]shard {rank} of {world_size} written to {out}; not merged yet: "
+                          "run the other ranks with the same settings (the call that completes "
+                          "the set merges them)[/]")
         else:
             console.print(f"[green]{len(fs)} x {tuple(fs.features.shape[1:])} features[/] -> "
                           f"{out}")
@@ -156,6 +157,11 @@ def knn_bank(
                       f"{facts['block_rows']} per rank x {facts['world_size']} rank(s), "
                       f"{facts['seconds']:.1f} s[/]")
         write_results(frame, out)
+        if out is not None:
+            from dinoeval.pipeline import save_config
+
+            save_config(out, knn=config, bank=bank, train_feats=str(train_feats),
+                        val_feats=str(val_feats), device=device)
         print_results(frame, title=f"k-NN accuracy (bank {bank_dtype})")
 
 

@@ -8,7 +8,6 @@ out-of-core search (:mod:`dinoeval.eval.knn_ooc`) is about.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,14 +54,16 @@ def write_bank(bank: str | Path | np.ndarray, out: str | Path, dtype: str, *,
                normalize: bool = True, block_rows: int = 65536) -> Path:
     """Stream ``bank`` into ``out`` (``.npy``) in ``dtype``, L2-normalised first by default.
 
-    Written to a temporary file and renamed, block by block, so it works for banks larger than
-    memory.
+    Written block by block (so it works for banks larger than memory) with
+    :func:`dinoeval._io.atomic_write`: a temporary file renamed into place, the umask's mode, and
+    a one-line :class:`~dinoeval._io.DiskFullError` naming ``out`` on a full disk.
     """
+    from dinoeval._io import atomic_write
+
     reader = BankReader(bank)
-    out = Path(out)
-    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     enc = encode_bank(np.zeros((1, reader.dim), np.float32), dtype).dtype
-    try:
+
+    def write(tmp: str) -> None:
         # plain writes, not a writable memmap: dirty mapped pages would count in this process's RSS
         with open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(enc),
@@ -70,11 +71,8 @@ def write_bank(bank: str | Path | np.ndarray, out: str | Path, dtype: str, *,
                                                      "shape": (len(reader), reader.dim)})
             for _, block in reader.blocks(block_rows, normalize=normalize):
                 f.write(np.ascontiguousarray(encode_bank(block, dtype)).tobytes())
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out
+
+    return atomic_write(out, write)
 
 
 class BankReader:

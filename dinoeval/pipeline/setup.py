@@ -9,7 +9,6 @@ resolved options beside a results file. (dinov2's ``eval/setup.py`` plays this r
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -128,24 +127,15 @@ def save_config(path: str | Path, **configs: object) -> Path:
     """Record the resolved configs beside a results file, in ``<results>.config.json``.
 
     The file holds ``{"runs": [...]}``, one entry (a timestamp and the configs) per command that
-    appended rows to the table, oldest first: like the rows, earlier settings are never lost.
+    appended rows to the table, oldest first: like the rows, earlier settings are never lost, also
+    with concurrent commands (:func:`dinoeval.results.append_run_config` locks and replaces it).
     """
-    path = Path(path)
-    out = path.with_name(path.name + ".config.json")
+    from dinoeval.results import append_run_config
+
     entry = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
              **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v
                 for k, v in configs.items()}}
-    runs: list[object] = []
-    if out.exists():
-        try:
-            old = json.loads(out.read_text())
-            runs = old["runs"] if isinstance(old, dict) and "runs" in old else [old]
-        except (OSError, ValueError):  # unreadable: keep it aside, never fail after the work
-            out.replace(out.with_name(out.name + ".bak"))
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"runs": [*runs, entry]}, indent=1, default=str))
-    tmp.replace(out)
-    return out
+    return append_run_config(path, entry)
 
 
 def run_extract(ckpt: str, data: str, out: str | Path, *, backbone_opts: BackboneOptions,

@@ -51,6 +51,11 @@ def test_cli_attention_writes_report_and_results(tmp_path, tiny_ckpt, monkeypatc
     df = read_results(res)
     assert set(df["param"]) >= {"head=best", "head=mean", "head=3"}
     assert (df["n"] == 2).all()
+    import json
+
+    (run,) = json.loads((tmp_path / "res.csv.config.json").read_text())["runs"]
+    assert run["data"] == "fashion-mnist:test" and run["n"] == 2
+    assert run["attention"]["mass"] == 0.6 and run["backbone"]["num_heads"] == 4
 
 
 @pytest.mark.parametrize("args, message", [

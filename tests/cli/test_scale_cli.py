@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,7 +31,8 @@ def test_extract_sharded_by_hand_then_knn_bank_equals_in_memory(tmp_path, ckpt):
     train, val = tmp_path / "train", tmp_path / "val"
     r = _extract(ckpt, "digits:train[:150]", train, "--rank", "1", "--world-size", "2")
     assert r.exit_code == 0, r.output
-    assert "waiting for the other shards" in r.output
+    assert "not merged yet: run the other ranks with the same settings" in " ".join(r.output.split())
+    assert "waiting" not in r.output
     r = _extract(ckpt, "digits:train[:150]", train, "--rank", "0", "--world-size", "2")
     assert r.exit_code == 0 and "150 x (192,)" in r.output, r.output
     assert _extract(ckpt, "digits:test[:40]", val).exit_code == 0
@@ -50,6 +53,9 @@ def test_extract_sharded_by_hand_then_knn_bank_equals_in_memory(tmp_path, ckpt):
     assert abs(got[1] - ref.top1[20]) <= 0.05  # bfloat16 bank: close
     assert any(p.name == "features.bfloat16.npy" for p in train.rglob("*.npy"))
     assert np.isfinite(df.value).all()
+    runs = json.loads((tmp_path / "res.csv.config.json").read_text())["runs"]
+    assert [r["bank"]["bank_dtype"] for r in runs] == ["float32", "bfloat16"]
+    assert runs[0]["knn"]["ks"] == [5, 20] and runs[0]["train_feats"] == str(train)
 
 
 def test_scale_cli_errors_exit_2(tmp_path, ckpt):
