@@ -1,7 +1,7 @@
 """Soak test of a shared lab: many concurrent commands on one feature cache and one results table.
 
 ``--procs`` workers (default 16) each run a random mix of ``knn``, ``linear``, ``extract`` and
-``knn-bank`` commands (real ``python -m dinoeval`` processes) for ``--seconds``, all with the same
+``knn-bank`` commands (real ``dinoeval`` CLI processes) for ``--seconds``, all with the same
 ``--cache-dir`` and the same ``--out`` table. Inputs are tiny (a width-32 depth-1 ViT on subsets of
 scikit-learn's digits) so the run measures the shared files, not the models.
 
@@ -71,7 +71,7 @@ def command(kind: str, rng: random.Random, ckpt: Path, cache: Path, table: Path)
 def pick_banks(cache: Path, rng: random.Random) -> tuple[Path, Path] | None:
     """Two complete entries of the same backbone and feature width: a train and a test subset."""
     entries = []
-    for d in cache.iterdir():
+    for d in (cache.iterdir() if cache.is_dir() else ()):
         try:
             meta = json.loads((d / "meta.json").read_text())
         except (OSError, ValueError):
@@ -102,7 +102,8 @@ def worker(wid: int, deadline: float, args: argparse.Namespace, work: Path) -> l
             else:
                 argv = [a.format(train=banks[0], val=banks[1]) for a in argv]
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, "-m", "dinoeval", *argv], capture_output=True,
+        r = subprocess.run([sys.executable, "-c", "from dinoeval.cli import main; main()", *argv],
+                           capture_output=True,
                            text=True, env={**env, "COLUMNS": "200"})
         found = APPENDED.search(r.stdout + r.stderr)
         done.append({"worker": wid, "kind": kind, "ckpt": str(ckpt), "rc": r.returncode,
@@ -138,6 +139,8 @@ def check_table(work: Path, runs: list[dict]) -> tuple[int, list[str]]:
 
     from dinoeval.results import read_results
 
+    if not (work / "table.csv").exists():
+        return 0, ["no results table was written"]
     table = read_results(work / "table.csv")
     problems = []
     by_backbone = table.groupby("backbone").size().to_dict()
@@ -201,6 +204,7 @@ def main() -> int:
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     (work / "ckpts").mkdir(parents=True)
+    (work / "cache").mkdir()
     make_checkpoint(work / "tiny.pth")
     t0 = time.monotonic()
     deadline = t0 + args.seconds
