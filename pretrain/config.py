@@ -32,6 +32,8 @@ class PretrainConfig:
     knn_train_size: int = 2000
     knn_test_size: int = 1000
     knn_k: int = 20
+    # unreadable image files are left out of training (counted and logged) instead of stopping
+    skip_bad_images: bool = False
     # --- model
     arch: str = "vit_small"
     patch_size: int = 16
@@ -107,8 +109,11 @@ class PretrainConfig:
         heads = self.num_heads or (kw["num_heads"] if width == kw["embed_dim"]
                                    else HEADS_BY_WIDTH.get(width, max(1, width // 64)))
         if width % heads:
-            raise DinoevalError(f"width {width} is not divisible by {heads} heads; "
-                                "set --num-heads")
+            if self.num_heads:
+                raise DinoevalError(f"--num-heads {heads} does not divide the width {width}; "
+                                    "pass a divisor of it")
+            raise DinoevalError(f"width {width} is not divisible by the {heads} heads inferred "
+                                f"for it; pass --num-heads N with N a divisor of {width}")
         for what, side, fix in (("global crop", img, "--img-size N"),
                                 ("local crop", local, "--set local_size=N")):
             if side % p:

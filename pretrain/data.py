@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ from dinoeval.errors import DinoevalError
 from pretrain.config import PretrainConfig
 from pretrain.distributed import DistEnv
 from pretrain.monitor import KnnProbe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,12 +55,20 @@ def load_resized(source: ImageSource, index: int, size: int) -> torch.Tensor:
 
 def build_data(cfg: PretrainConfig, source: ImageSource) -> TrainData:
     """Hold out the k-NN queries (a seeded subset of the labelled images) from training; the
-    memory bank is a seeded subset of the training images."""
+    memory bank is a seeded subset of the training images.
+
+    With ``cfg.skip_bad_images`` every file of a source decoded on the fly is decoded once here
+    and the unreadable ones are left out (``source.skipped`` counts them), so the epoch order is
+    the same whatever the timing; otherwise the first unreadable file stops the run when met.
+    """
     assert cfg.img_size
     arr = source.array()
     images = torch.from_numpy(np.array(arr, copy=True)) if arr is not None else None
-    data = TrainData(source, images, np.arange(len(source)), None, cfg.img_size * 8 // 7)
-    labelled = np.flatnonzero(source.labels >= 0)
+    readable = np.arange(len(source))
+    if images is None and cfg.skip_bad_images:
+        readable = _readable(source)
+    data = TrainData(source, images, readable, None, cfg.img_size * 8 // 7)
+    labelled = readable[source.labels[readable] >= 0]
     if cfg.knn_every > 0 and len(np.unique(source.labels[labelled])) >= 2 and len(labelled) >= 20:
         perm = np.random.default_rng(cfg.seed).permutation(labelled)
         n_test = min(cfg.knn_test_size, len(labelled) // 5)
@@ -67,6 +78,26 @@ def build_data(cfg: PretrainConfig, source: ImageSource) -> TrainData:
         data.probe = KnnProbe(data.fetch(bank), source.labels[bank], data.fetch(test),
                               source.labels[test])
     return data
+
+
+def _readable(source: ImageSource) -> np.ndarray:
+    """Indices of the images of ``source`` that decode; logs how many do not."""
+    from dinoeval.data import BadImageError
+
+    ok = []
+    for i in range(len(source)):
+        try:
+            source.load(i)
+        except BadImageError as err:
+            log.warning("skipping %s", err)
+            continue
+        ok.append(i)
+    source.skipped = len(source) - len(ok)
+    if source.skipped:
+        log.warning("skipped %d unreadable images of %s", source.skipped, source.spec)
+    if not ok:
+        raise DinoevalError(f"no image of {source.spec} can be read")
+    return np.asarray(ok, dtype=np.int64)
 
 
 def steps_per_epoch(cfg: PretrainConfig, data: TrainData, world_size: int = 1) -> int:

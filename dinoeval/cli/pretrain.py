@@ -22,7 +22,9 @@ def pretrain(
     out: Annotated[Path | None, Opt(help="Run directory (checkpoint.pth, backbone.safetensors, "
                                     "log.csv, epochs.csv).")] = None,
     resume: Annotated[Path | None, Opt(help="Continue the run in this directory exactly where "
-                                       "its last checkpoint stopped.")] = None,
+                                       "its last checkpoint stopped (bit-identical to an "
+                                       "uninterrupted run only with the same --threads and "
+                                       "device).")] = None,
     recipe: Annotated[str | None, Opt(help="Named starting config (fmnist-cpu); options given "
                                       "explicitly override it.")] = None,
     arch: Annotated[str | None, Opt(help="vit_tiny | vit_small | vit_base | vit_large.")] = None,
@@ -56,6 +58,9 @@ def pretrain(
                                                     "epochs.")] = None,
     log_every: Annotated[int | None, Opt(help="Steps between log rows.")] = None,
     knn_every: Annotated[int | None, Opt(help="Epochs between online k-NN (0: never).")] = None,
+    skip_bad_images: Annotated[bool, Opt("--skip-bad-images", help="Leave unreadable image "
+                                         "files out of training (counted) instead of "
+                                         "stopping.")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="Any other PretrainConfig field: "
                                           "KEY=VALUE (JSON value), repeatable.")] = None,
 ) -> None:
@@ -90,6 +95,8 @@ def pretrain(
             overrides["centering"] = False
         if no_sharpening:
             overrides["sharpening"] = False
+        if skip_bad_images:
+            overrides["skip_bad_images"] = True
         overrides.update(parse_set(set_ or []))
         if resume is not None:
             if out is not None and out != resume:
