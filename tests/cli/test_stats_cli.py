@@ -77,7 +77,7 @@ def test_collapse_stats_side_by_side_with_head_views(tmp_path, dino_ckpt):
     (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
       "--mode", "svm"], "mode"),
     (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
-      "--val-fraction", "1.5"], "val_fraction"),
+      "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
     (["linear", "--ckpt", "pixels", "--train", "digits:train", "--val", "digits:test",
       "--feature", "bogus"], "--feature must be one of"),
     (["clusters", "--ckpt", "pixels", "--data", "digits:test", "--seeds", "0"], "--seeds"),

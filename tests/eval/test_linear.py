@@ -111,5 +111,5 @@ def test_bad_config_is_refused(seed):
     x, y = blobs(60, 8, 3, seed)
     with pytest.raises(DinoevalError, match="mode"):
         linear_probe(x, y, x, y, config=LinearProbeConfig(mode="svm"))
-    with pytest.raises(DinoevalError, match="val_fraction"):
+    with pytest.raises(DinoevalError, match="--val-fraction"):
         linear_probe(x, y, x, y, config=LinearProbeConfig(val_fraction=0.0))
