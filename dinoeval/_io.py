@@ -176,7 +176,7 @@ def atomic_dir(final: str | Path, write: Callable[[Path], None]) -> Path:
     parent = final.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f"{TMP_PREFIX}{os.getpid()}-"))
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=_tmp_prefix()))
     except OSError as err:
         if is_disk_full(err):
             raise DiskFullError(final) from err
@@ -212,7 +212,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         except OSError as err:
             if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-        aside = final.parent / f"{TMP_PREFIX}{os.getpid()}-old-{os.urandom(4).hex()}"
+        aside = final.parent / f"{_tmp_prefix()}old-{os.urandom(4).hex()}"
         try:
             os.replace(final, aside)
         except FileNotFoundError:  # another writer moved it first: try again
@@ -224,16 +224,17 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def clean_stale_tmp(parent: str | Path, *, older_than: float = 3600.0) -> list[Path]:
     """Remove ``.tmp-*`` folders/files under ``parent`` left by killed writers; returns them.
 
-    A temporary entry is stale when its writer (the pid in its name, on this host) is gone, or
-    when it has not been modified for ``older_than`` seconds (a writer on another host). A live
-    writer's folder is never removed.
+    A temporary entry is stale when its writer (``.tmp-<pid>@<host>~...``) ran on this host and
+    is gone, or when it has not been modified for ``older_than`` seconds (a writer on another host
+    sharing the folder, whose pid means nothing here). A live writer's folder is never removed.
     """
     removed = []
     now = time.time()
     for p in Path(parent).glob(f"{TMP_PREFIX}*"):
-        pid = _pid_in_name(p.name)
-        try:
-            age = now - p.stat().st_mtime
+        pid = _local_pid_in_name(p.name)
+        try:  # a writer appending to a big file touches the file, not its folder
+            age = now - max([p.stat().st_mtime] + ([f.stat().st_mtime for f in p.iterdir()]
+                                                   if p.is_dir() else []))
         except OSError:
             continue
         if (pid is not None and pid != os.getpid() and not _pid_alive(pid)) or age > older_than:
@@ -245,9 +246,15 @@ def clean_stale_tmp(parent: str | Path, *, older_than: float = 3600.0) -> list[P
     return removed
 
 
-def _pid_in_name(name: str) -> int | None:
-    m = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", name)
-    return int(m.group(1)) if m else None
+def _tmp_prefix() -> str:
+    """``.tmp-<pid>@<host>~``: who writes the temporary folder (host names hold no ``@``/``~``)."""
+    return f"{TMP_PREFIX}{os.getpid()}@{socket.gethostname()}~"
+
+
+def _local_pid_in_name(name: str) -> int | None:
+    """The writer's pid when the temporary name says it runs on this host, else None."""
+    m = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)@(.+?)~", name)
+    return int(m.group(1)) if m and m.group(2) == socket.gethostname() else None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -85,10 +86,12 @@ def test_a_real_full_tmpfs(tmp_path):
 def test_clean_stale_tmp_keeps_a_live_writers_folder(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    stale = tmp_path / f".tmp-{dead}-abc"
-    live = tmp_path / f".tmp-{os.getpid()}-def"
+    host = socket.gethostname()
+    stale = tmp_path / f".tmp-{dead}@{host}~abc"
+    live = tmp_path / f".tmp-{os.getpid()}@{host}~def"
     old_foreign = tmp_path / ".tmp-xyz"
-    for d in (stale, live, old_foreign):
+    other_host = tmp_path / f".tmp-{dead}@not-{host}~ghi"  # its pid means nothing here
+    for d in (stale, live, old_foreign, other_host):
         d.mkdir()
     long_ago = time.time() - 7200
     os.utime(old_foreign, (long_ago, long_ago))
@@ -96,7 +99,7 @@ def test_clean_stale_tmp_keeps_a_live_writers_folder(tmp_path):
     young_foreign.mkdir()
     removed = clean_stale_tmp(tmp_path)
     assert sorted(removed) == sorted([stale, old_foreign])
-    assert live.exists() and young_foreign.exists()
+    assert live.exists() and young_foreign.exists() and other_host.exists()
 
 
 def test_exclusive_lock_names_the_holder(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import subprocess
 import sys
 
@@ -67,10 +68,11 @@ def test_a_dead_writers_temp_folder_is_removed_on_the_next_write(backbone, tmp_p
     cache.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    killed = cache / f".tmp-{dead}-x1"
+    host = socket.gethostname()
+    killed = cache / f".tmp-{dead}@{host}~x1"
     killed.mkdir()
     (killed / "features.npy").write_bytes(b"half")
-    live = cache / f".tmp-{os.getpid()}-x2"  # a writer still at work (this process)
+    live = cache / f".tmp-{os.getpid()}@{host}~x2"  # a writer still at work (this process)
     live.mkdir()
     extract_features(backbone, make_source(n=12), cache_dir=str(cache))
     assert not killed.exists() and live.exists()
