@@ -253,8 +253,8 @@ def procedural_copies(source: ImageSource, *, n_originals: int = 100, n_distract
     orig = perm[:n_originals]
     db_idx = perm[: n_originals + n_distractors]
     wh_idx = perm[n_originals + n_distractors :]
-    tag = (f"copies[{source.spec};o={n_originals},d={n_distractors},w={n_whitening},"
-           f"c={copies_per_original},seed={seed}]")
+    tag = (f"copies({source.spec};o={n_originals},d={n_distractors},w={n_whitening},"
+           f"c={copies_per_original},seed={seed})")
     copies, positives = [], []
     for c in range(copies_per_original):
         for j, i in enumerate(orig):

@@ -52,7 +52,8 @@ def learn_whitening(features: np.ndarray, *, power: float = 0.5, dim: int | None
 
     Args:
         power: eigenvalue exponent (DINO: 0.5).
-        dim: keep the ``dim`` leading components (default all ``D``).
+        dim: keep the ``dim`` leading components (default all ``D``; with ``N <= D`` rows at
+            most ``N`` exist, the rest of the covariance being zero).
         eps_ratio: eigenvalues below ``eps_ratio * largest`` are raised to it.
 
     Raises:
@@ -64,21 +65,28 @@ def learn_whitening(features: np.ndarray, *, power: float = 0.5, dim: int | None
                             "give more whitening images")
     if not np.isfinite(x).all():
         raise DinoevalError("whitening features contain NaN or inf; re-extract them")
-    d = x.shape[1] if dim is None else int(dim)
-    if not 1 <= d <= x.shape[1]:
-        raise DinoevalError(f"whitening dim must be in [1, {x.shape[1]}], got {dim}")
+    top = min(x.shape[1], len(x))
+    d = top if dim is None else int(dim)
+    if not 1 <= d <= top:
+        raise DinoevalError(f"whitening dim must be in [1, {top}] ({len(x)} rows of "
+                            f"{x.shape[1]} dims), got {dim}")
     if power < 0:
         raise DinoevalError(f"whitening power must be >= 0, got {power}")
     mean = x.mean(axis=0)
     xc = x - mean
-    cov = xc.T @ xc / len(x)
-    vals, vecs = np.linalg.eigh(cov)
+    if len(x) <= x.shape[1]:
+        # fewer rows than dims: the covariance has rank < N, and its eigenvectors with non-zero
+        # eigenvalues are the right singular vectors of the centred rows (O(N^2 D), not O(D^3))
+        _, sv, vt = np.linalg.svd(xc, full_matrices=False)
+        vals, vecs = sv**2 / len(x), vt.T
+    else:
+        vals, vecs = np.linalg.eigh(xc.T @ xc / len(x))
     floor = max(float(vals.max()), 0.0) * eps_ratio
     if floor <= 0:
         raise DinoevalError("whitening features are all identical (zero covariance); use a "
                             "varied set of whitening images")
     vals = np.maximum(vals, floor)
-    order = np.argsort(vals)[::-1][:d]
+    order = np.argsort(vals, kind="stable")[::-1][:d]
     vals, vecs = vals[order], vecs[:, order]
     return Whitening(mean=mean, projection=vecs / vals**power, eigenvalues=vals, power=power,
                      n_train=len(x))

@@ -39,3 +39,14 @@ def test_whitening_refuses_bad_input():
     w = learn_whitening(np.random.default_rng(0).normal(size=(10, 3)))
     with pytest.raises(DinoevalError, match="3-dim"):
         w.apply(np.ones((2, 4)))
+
+
+def test_few_rows_in_many_dims_use_the_svd_and_agree_with_the_covariance():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 200)) @ rng.normal(size=(200, 200))
+    w = learn_whitening(x, dim=20)  # 30 rows <= 200 dims: the SVD path
+    z = w.apply(x).astype(np.float64)
+    np.testing.assert_allclose(z.T @ z / len(z), np.eye(20), atol=1e-4)
+    xc = x - x.mean(0)
+    ref = np.sort(np.linalg.eigvalsh(xc.T @ xc / len(x)))[::-1][:20]
+    np.testing.assert_allclose(w.eigenvalues, ref, rtol=1e-6)
