@@ -41,6 +41,9 @@ def report(
     html: Annotated[Path | None, typer.Option(
         help="Also write a self-contained HTML page with tables and plots.",
         show_default=False)] = None,
+    figures: Annotated[Path | None, typer.Option(
+        help="Also write each figure as PNG and PDF into this folder (for papers).",
+        show_default=False)] = None,
     pretrain_log: Annotated[Path | None, typer.Option(
         help="A pretrain run folder or its log.csv: loss/entropy/KL/k-NN curves for --html.",
         show_default=False)] = None,
@@ -57,7 +60,7 @@ def report(
 
     with user_errors():
         fmt = "json" if json_ else format
-        _check_paths(results, output=output, html=html,
+        _check_paths(results, output=output, html=html, figures=figures,
                      pretrain_log=pretrain_log, fmt=fmt, digits=digits)
         from dinoeval.results import read_results
 
@@ -67,8 +70,8 @@ def report(
         for note in table.notes:
             console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
         text = T.render(table, fmt, digits=digits)
-        if html is not None:
-            _write_pictures(frames, html=html, pretrain_log=pretrain_log,
+        if html is not None or figures is not None:
+            _write_pictures(frames, html=html, figures=figures, pretrain_log=pretrain_log,
                             labels=label or (), evals=eval or (), metrics=metric or ())
         if output is None:
             out_console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
@@ -79,7 +82,7 @@ def report(
 
 
 def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
-                 pretrain_log: Path | None, fmt: str, digits: int) -> None:
+                 figures: Path | None, pretrain_log: Path | None, fmt: str, digits: int) -> None:
     """Every option checked before any work: formats, output paths that would destroy inputs."""
     from dinoeval.checks import check_output_path
     from dinoeval.errors import DinoevalError
@@ -96,20 +99,32 @@ def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
         if any(path.resolve() == p.resolve() for p in results):
             raise DinoevalError(f"{option} {path} is one of the input tables; writing there "
                                 "would destroy its rows: choose another file")
+    if figures is not None and figures.exists() and not figures.is_dir():
+        raise DinoevalError(f"--figures {figures} is a file; give a folder")
+    if figures is not None:
+        check_output_path(figures / "figure.png", "--figures")
     if pretrain_log is not None:
         check_pretrain_log(pretrain_log)
 
 
-def _write_pictures(frames: list, *, html: Path, pretrain_log: Path | None,
-                    labels: list[str] | tuple, evals, metrics) -> None:
+def _write_pictures(frames: list, *, html: Path | None, figures: Path | None,
+                    pretrain_log: Path | None, labels: list[str] | tuple, evals, metrics) -> None:
     from dinoeval.report import tables as T
+    from dinoeval.report.figure_set import save_figures, table_figures
 
     df = T.labelled_rows(frames, labels=labels, evals=evals, metrics=metrics)
-    from dinoeval.report.html import write_results_report
+    figs = table_figures(df)
+    if figures is not None:
+        paths = save_figures(figs, figures)
+        console.print(f"[green]wrote[/] {len(paths)} files ({len(figs)} figures, PNG and PDF) "
+                      f"to {figures}")
+    if html is not None:
+        from dinoeval.report.html import write_results_report
 
-    page = write_results_report(df.assign(backbone=df["label"]).drop(
-        columns=["label", "setting"]), html, pretrain_log=pretrain_log)
-    console.print(f"[green]wrote[/] {page}")
+        per_class = {k: v for k, v in figs.items() if k.startswith("knn_per_class")}
+        page = write_results_report(df.assign(backbone=df["label"]).drop(
+            columns=["label", "setting"]), html, pretrain_log=pretrain_log, figures=per_class)
+        console.print(f"[green]wrote[/] {page}")
 
 
 def register(app: typer.Typer) -> None:

@@ -32,10 +32,21 @@ from dinoeval.results import Row
 RANKME_EPS = 1e-7  # the ε of the RankMe paper
 
 
+def singular_values_from_moments(m: Moments) -> np.ndarray:
+    """``(min(N, D),)`` singular values of the uncentred feature matrix, descending (the square
+    roots of the Gram matrix's eigenvalues; RankMe's spectrum)."""
+    lam = np.linalg.eigvalsh(m.gram)[::-1][: min(m.n, m.dim)]
+    return np.sqrt(np.clip(lam, 0.0, None))
+
+
 def rankme_from_moments(m: Moments, *, eps: float = RANKME_EPS) -> float:
     """RankMe of the features behind ``m`` (see :func:`rankme`)."""
-    lam = np.linalg.eigvalsh(m.gram)[::-1][: min(m.n, m.dim)]
-    sigma = np.sqrt(np.clip(lam, 0.0, None))
+    return rankme_from_singular_values(singular_values_from_moments(m), eps=eps)
+
+
+def rankme_from_singular_values(sigma: np.ndarray, *, eps: float = RANKME_EPS) -> float:
+    """RankMe ``exp(-Σ p_k log p_k)``, ``p_k = σ_k / Σ σ + ε``, of ``(K,)`` singular values."""
+    sigma = np.asarray(sigma, dtype=np.float64)
     total = sigma.sum()
     if total <= 0:
         return 1.0  # all-zero features: one direction at most
@@ -181,6 +192,7 @@ class CollapseStats:
         normalized_std: mean per-dim std of L2-normalised features (``ddof=0``).
         alignment, uniformity: Wang & Isola (``None`` when not computed).
         n_pairs: images behind the alignment; n_uniformity: rows behind the uniformity.
+        singular_values: ``(min(N, D),)`` uncentred singular values behind RankMe, descending.
     """
 
     n: int
@@ -192,6 +204,7 @@ class CollapseStats:
     uniformity: float | None = None
     n_pairs: int | None = None
     n_uniformity: int | None = None
+    singular_values: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_rows(self) -> list[Row]:
         e = "collapse"
@@ -212,9 +225,10 @@ class CollapseStats:
 
 def collapse_stats_from_moments(m: Moments) -> CollapseStats:
     """RankMe, α-ReQ and the normalised std from streamed moments (no alignment/uniformity)."""
-    return CollapseStats(n=m.n, dim=m.dim, rankme=rankme_from_moments(m),
+    sigma = singular_values_from_moments(m)
+    return CollapseStats(n=m.n, dim=m.dim, rankme=rankme_from_singular_values(sigma),
                          alpha_req=alpha_from_spectrum(covariance_spectrum(m)),
-                         normalized_std=normalized_std_from_moments(m))
+                         normalized_std=normalized_std_from_moments(m), singular_values=sigma)
 
 
 def collapse_stats(features: np.ndarray, *, views: tuple[np.ndarray, np.ndarray] | None = None,
@@ -236,7 +250,8 @@ def collapse_stats(features: np.ndarray, *, views: tuple[np.ndarray, np.ndarray]
     uni = uniformity(features, max_samples=uniformity_samples, seed=seed)
     return CollapseStats(n=base.n, dim=base.dim, rankme=base.rankme, alpha_req=base.alpha_req,
                          normalized_std=base.normalized_std, alignment=align, uniformity=uni,
-                         n_pairs=n_pairs, n_uniformity=min(len(features), uniformity_samples))
+                         n_pairs=n_pairs, n_uniformity=min(len(features), uniformity_samples),
+                         singular_values=base.singular_values)
 
 
 # --------------------------------------------------------------------------- DINO head monitors

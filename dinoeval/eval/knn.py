@@ -33,6 +33,7 @@ class KnnResult:
         per_class: ``(C,)`` top-1 recall per class per k (NaN for classes absent from the test set).
         temperature: the vote temperature T.
         n_train, n_test: sample counts.
+        confusion: ``(C, C)`` counts per k, row = true class, column = prediction.
     """
 
     ks: tuple[int, ...]
@@ -43,6 +44,7 @@ class KnnResult:
     temperature: float
     n_train: int
     n_test: int
+    confusion: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def to_rows(self, *, per_class: bool = False, class_names: Sequence[str] = ()) -> list[Row]:
         rows = []
@@ -156,7 +158,7 @@ def classify_neighbors(sims: np.ndarray, neighbor_labels: np.ndarray, test_y: np
         sims: ``(M, max k)`` similarities, descending.
         neighbor_labels: ``(M, max k)`` labels of those neighbours.
     """
-    top1, top5, preds, per_class = {}, {}, {}, {}
+    top1, top5, preds, per_class, confusion = {}, {}, {}, {}, {}
     # Shift each row by its best similarity: the votes scale by exp(-max/T) > 0, which changes no
     # ranking, and exp never overflows (raw inner products with normalize=False can exceed 50/T).
     sims = np.asarray(sims, dtype=np.float64)
@@ -169,8 +171,22 @@ def classify_neighbors(sims: np.ndarray, neighbor_labels: np.ndarray, test_y: np
         top1[k] = float(np.mean(pred == test_y))
         top5[k] = float(np.mean((ranked == test_y[:, None]).any(axis=1)))
         per_class[k] = class_recall(pred, test_y, num_classes)
+        confusion[k] = confusion_matrix(pred, test_y, num_classes)
     return KnnResult(ks=ks, top1=top1, top5=top5, predictions=preds, per_class=per_class,
-                     temperature=temperature, n_train=n_train, n_test=len(test_y))
+                     temperature=temperature, n_train=n_train, n_test=len(test_y),
+                     confusion=confusion)
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(C, C)`` int64 counts: row = true class, column = predicted class (scikit-learn's
+    ``confusion_matrix`` layout); the diagonal over the row sums is :func:`class_recall`.
+
+    Args:
+        pred, target: ``(N,)`` integer classes in ``[0, num_classes)``.
+    """
+    pred, target = np.asarray(pred, dtype=np.int64), np.asarray(target, dtype=np.int64)
+    flat = np.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
 
 
 def class_recall(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

@@ -32,6 +32,7 @@ import torch
 
 from dinoeval.errors import DinoevalError
 from dinoeval.eval._validation import check_features, check_finite, check_labels, check_same_dim
+from dinoeval.eval.knn import confusion_matrix
 from dinoeval.results import Row
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class LinearProbeResult:
         bias: ``(C,)`` float32.
         predictions: ``(N_test,)`` int64 predicted classes.
         n_fit, n_val, n_test: samples used to fit during selection, to select, to test.
+        confusion: ``(C, C)`` test counts, row = true class, column = prediction.
     """
 
     mode: str
@@ -120,6 +122,7 @@ class LinearProbeResult:
     n_fit: int
     n_val: int
     n_test: int
+    confusion: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def chosen_text(self) -> str:
@@ -337,8 +340,9 @@ def linear_probe(
         mode=cfg.mode, top1=top1, top5=top5, chosen=settings[best],
         val_top1=tuple((_setting_text(s), v) for s, v in zip(settings, val_acc, strict=True)),
         weight=w_raw.T.contiguous().cpu().numpy(), bias=b_raw.cpu().numpy(),
-        predictions=test_logits.argmax(1).cpu().numpy().astype(np.int64),
-        n_fit=len(fit_idx), n_val=len(val_idx), n_test=len(yte))
+        predictions=(pred := test_logits.argmax(1).cpu().numpy().astype(np.int64)),
+        n_fit=len(fit_idx), n_val=len(val_idx), n_test=len(yte),
+        confusion=confusion_matrix(pred, np.asarray(yte), w_raw.shape[1]))
 
 
 def _head_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -278,17 +278,24 @@ def plot_lines(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray], *, xlab
 
 
 def plot_bars(categories: Sequence[str], values: Mapping[str, Sequence[float]], *,
-              xlabel: str = "", title: str = "", ax: Any = None) -> Any:
+              xlabel: str = "", title: str = "",
+              errors: Mapping[str, Sequence[float]] | None = None, ax: Any = None) -> Any:
     """Horizontal grouped bars (long names stay readable): one group per category, one bar per
-    key of ``values``; the value is written at the end of each bar."""
+    key of ``values``; the value is written at the end of each bar. ``errors`` (same keys, a
+    std per bar, NaN for none) draws error bars and writes ``value ± std``."""
     n, k = len(categories), len(values)
     fig, ax = _new_ax(ax, (5.6 + (1.0 if k > 1 else 0.0), 0.9 + 0.3 * n * max(1, k) ** 0.7))
     height = 0.8 / max(1, k)
     ys = np.arange(n)
     for i, (key, vals) in enumerate(values.items()):
         v = np.asarray(vals, dtype=float)
-        bars = ax.barh(ys + (i - (k - 1) / 2) * height, v, height, label=key)
-        ax.bar_label(bars, labels=[f"{x:.3g}" if np.isfinite(x) else "" for x in v],
+        err = np.asarray((errors or {}).get(key, np.full(n, np.nan)), dtype=float)
+        has_err = np.isfinite(err)
+        bars = ax.barh(ys + (i - (k - 1) / 2) * height, v, height, label=key,
+                       xerr=np.where(has_err, err, 0.0) if has_err.any() else None,
+                       error_kw={"elinewidth": 1, "capsize": 3, "ecolor": "#333"})
+        ax.bar_label(bars, labels=[(f"{x:.3g} ± {e:.2g}" if np.isfinite(e) else f"{x:.3g}")
+                                   if np.isfinite(x) else "" for x, e in zip(v, err, strict=True)],
                      fontsize=7, padding=2)
     ax.set_yticks(ys, [_middle_ellipsis(c, 44) for c in categories], fontsize=8)
     ax.invert_yaxis()
@@ -300,6 +307,127 @@ def plot_bars(categories: Sequence[str], values: Mapping[str, Sequence[float]], 
     if k > 1:
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str] = (), *,
+                          normalize: bool = True, title: str = "", ax: Any = None) -> Any:
+    """A confusion matrix as an image: rows the true class, columns the prediction (the layout
+    of :func:`dinoeval.eval.knn.confusion_matrix` and scikit-learn's ``ConfusionMatrixDisplay``).
+
+    Args:
+        confusion: ``(C, C)`` counts.
+        class_names: ``C`` tick labels (default ``0..C-1``).
+        normalize: show each row as fractions of its true class (recall on the diagonal);
+            a class absent from the test set stays blank.
+    """
+    cm = np.asarray(confusion, dtype=float)
+    c = cm.shape[0]
+    names = [str(x) for x in class_names] or [str(i) for i in range(c)]
+    if normalize:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cm = cm / cm.sum(axis=1, keepdims=True)
+    side = min(9.0, 2.2 + 0.42 * c)
+    fig, ax = _new_ax(ax, (side + 0.9, side))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03,
+                 label="fraction of the true class" if normalize else "count")
+    if c <= 20:
+        hi = np.nanmax(cm) if np.isfinite(cm).any() else 1.0
+        for i in range(c):
+            for j in range(c):
+                v = cm[i, j]
+                if np.isfinite(v) and (v > 0 or not normalize):
+                    ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center",
+                            va="center", fontsize=7 if c <= 12 else 5.5,
+                            color="white" if v > hi / 2 else "#1d232b")
+    ticks = np.arange(c) if c <= 40 else np.arange(0, c, max(1, c // 20))
+    ax.set_xticks(ticks, [_middle_ellipsis(names[t], 14) for t in ticks], rotation=45,
+                  ha="right", fontsize=7)
+    ax.set_yticks(ticks, [_middle_ellipsis(names[t], 14) for t in ticks], fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(_middle_ellipsis(title, 60), fontsize=10)
+    return fig
+
+
+def plot_spectrum(singular_values: Mapping[str, np.ndarray],
+                  effective_rank: Mapping[str, float] | None = None, *, title: str = "",
+                  ax: Any = None) -> Any:
+    """The singular-value spectrum behind RankMe, one line per backbone, log scale.
+
+    Each spectrum is drawn as ``p_k = σ_k / Σ σ`` (the distribution whose entropy RankMe
+    exponentiates; Garrido et al., 2023) against its rank ``k``; a dashed line of the same colour
+    marks the effective rank.
+
+    Args:
+        singular_values: label -> ``(K,)`` singular values (any order; sorted descending).
+        effective_rank: label -> RankMe, marked on the rank axis.
+    """
+    fig, ax = _new_ax(ax, (5.8, 3.3 + (0.18 * len(singular_values) if len(singular_values) > 1
+                                       else 0)))
+    for key, sv in singular_values.items():
+        s = np.sort(np.asarray(sv, dtype=float))[::-1]
+        total = s.sum()
+        if total <= 0:
+            continue
+        p = s / total
+        ok = p > 0
+        rank = effective_rank.get(key) if effective_rank else None
+        lab = _middle_ellipsis(key, 48) + (f" (RankMe {rank:.1f})" if rank is not None else "")
+        (line,) = ax.plot(np.arange(1, len(p) + 1)[ok], p[ok], lw=1.5, label=lab)
+        if rank is not None:
+            ax.axvline(rank, color=line.get_color(), ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rank k of the singular value")
+    ax.set_ylabel("σ_k / Σ σ")
+    ax.set_title(title or "Singular-value spectrum (dashed: RankMe effective rank)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    return fig
+
+
+def plot_embedding(xy: np.ndarray, labels: np.ndarray, class_names: Sequence[str] = (), *,
+                   title: str = "", ax: Any = None) -> Any:
+    """A 2-D map of samples (t-SNE/UMAP coordinates) coloured by class.
+
+    Args:
+        xy: ``(N, 2)`` coordinates.
+        labels: ``(N,)`` integer classes.
+        class_names: names for the legend (default the class numbers).
+    """
+    xy, labels = np.asarray(xy, dtype=float), np.asarray(labels)
+    classes = np.unique(labels)
+    names = list(class_names)
+    fig, ax = _new_ax(ax, (5.4 + (1.6 if len(classes) <= 20 else 0), 4.6))
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else
+                                "tab20" if len(classes) <= 20 else "turbo"]
+    for i, c in enumerate(classes):
+        m = labels == c
+        color = cmap(i % cmap.N) if len(classes) <= 20 else cmap(i / max(1, len(classes) - 1))
+        name = names[int(c)] if 0 <= int(c) < len(names) else str(c)
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, color=color, alpha=0.75, lw=0,
+                   label=_middle_ellipsis(name, 20))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(_middle_ellipsis(title, 60), fontsize=10)
+    if len(classes) <= 20:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  markerscale=2)
+    return fig
+
+
+def figure_bytes(fig: Any, fmt: str = "png", *, dpi: int = 150) -> bytes:
+    """A figure as ``png`` or ``pdf`` bytes (for ``report --figures DIR``)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    return buf.getvalue()
 
 
 def figure_png(fig: Any, *, dpi: int = 100, compress_level: int = 6) -> bytes:

@@ -342,7 +342,8 @@ _ROWS = ("backbone", "arch", "feature")
 _NOT_SCORES = {"best_head"}  # indices, not scores: neither plotted nor highlighted
 
 
-def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | None = None) -> Path:
+def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | None = None,
+                         figures: dict[str, Any] | None = None) -> Path:
     """Render a stored results table (and optionally a pretraining log) as one HTML page.
 
     Args:
@@ -352,6 +353,8 @@ def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | No
             epoch), or one CSV (or JSON-lines) log (a ``log.csv`` brings its sibling
             ``epochs.csv``). Columns are matched by name: a step/epoch axis and any of loss,
             teacher entropy, KL and online k-NN; missing ones are said, not fatal.
+        figures: ``{name: matplotlib figure}`` drawn in a "Figures" section (confusion
+            matrices, the RankMe spectrum, 2-D maps: see :mod:`dinoeval.report.figure_set`).
 
     Returns:
         ``out``.
@@ -368,6 +371,8 @@ def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | No
                                                              if e not in _EVAL_TITLES)
     toc = [f"<a href=\"#eval-{_slug(e)}\">{html.escape(_EVAL_TITLES.get(e, e))}</a>"
            for e in order]
+    if figures:
+        toc.append("<a href=\"#figures\">Figures</a>")
     if pretrain_log is not None:
         toc.append("<a href=\"#pretrain\">Pretraining</a>")
     if toc:
@@ -375,6 +380,10 @@ def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | No
     body.append(_backbones_section(df))
     for e in order:
         body.append(_eval_section(e, df[df["eval"].astype(str) == e]))
+    if figures:
+        from dinoeval.report.figure_set import figures_html
+
+        body.append(figures_html(figures))
     if pretrain_log is not None:
         body.append(_pretrain_section(Path(pretrain_log)))
     if df.empty:
@@ -543,24 +552,44 @@ def _eval_plots(name: str, sub: pd.DataFrame) -> list[str]:
             out.append(_img(png_data_uri(F.figure_png(fig)), f"{name} {metric}", "plot"))
         if out:
             return out
-    # Bars: one small chart per metric (metrics have different scales).
-    for metric in metrics[:12]:
+    # Bars: one small chart per score (metrics have different scales); constants, settings and
+    # per-class rows are not bars, a score's *_std rows are its error bars.
+    from dinoeval.report.figure_set import _is_score
+
+    for metric in [m for m in metrics if _is_score(m)][:12]:
         m = sub[sub["metric"].astype(str) == metric]
         if m["param"].astype(str).nunique() > 6:  # a grid (lr x wd, ...): the table says it
             continue
-        m = m.assign(_series=m[series].astype(str).agg(" · ".join, axis=1),
-                     param=m["param"].astype(str))
+        m = _with_std(m.assign(_series=m[series].astype(str).agg(" · ".join, axis=1),
+                               param=m["param"].astype(str)),
+                      sub[sub["metric"].astype(str) == f"{metric}_std"], series)
         if m["param"].nunique() > 1 and m.groupby("_series")["param"].nunique().max() == 1:
             # One setting per backbone (the one a grid chose): one bar each, setting in the name.
             m = m.assign(_series=m["_series"] + " (" + m["param"] + ")", param="")
         params = sorted(m["param"].unique(), key=_param_key)
         cats = list(dict.fromkeys(m["_series"]))
-        values = {p or metric: [float(m[(m["_series"] == c) & (m["param"] == p)]["value"]
-                                      .iloc[-1]) if ((m["_series"] == c) & (m["param"] == p)).any()
-                                else np.nan for c in cats] for p in params[:12]}
-        fig = F.plot_bars(cats, values, xlabel=metric, title=f"{name}: {metric}")
+        values = {p or metric: [_cell(m, c, p, "value") for c in cats] for p in params[:12]}
+        errors = {p or metric: [_cell(m, c, p, "_err") for c in cats] for p in params[:12]}
+        fig = F.plot_bars(cats, values, xlabel=metric, title=f"{name}: {metric}", errors=errors)
         out.append(_img(png_data_uri(F.figure_png(fig)), f"{name} {metric}", "plot"))
     return out
+
+
+def _cell(m: pd.DataFrame, series: str, param: str, col: str) -> float:
+    hit = m[(m["_series"] == series) & (m["param"] == param)]
+    return float(hit[col].iloc[-1]) if len(hit) else np.nan
+
+
+def _with_std(m: pd.DataFrame, std: pd.DataFrame, series: list[str]) -> pd.DataFrame:
+    """``m`` with an ``_err`` column: the matching ``<metric>_std`` row's value (or NaN)."""
+    if std.empty:
+        return m.assign(_err=np.nan)
+    std = std.assign(_series=std[series].astype(str).agg(" · ".join, axis=1),
+                     param=std["param"].astype(str))
+    err = (std.drop_duplicates(["_series", "param"], keep="last")
+           .set_index(["_series", "param"])["value"])
+    return m.assign(_err=[err.get((a, b), np.nan) for a, b in zip(m["_series"], m["param"],
+                                                                   strict=True)])
 
 
 # ------------------------------------------------------------------------------- pretrain log
