@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 import sys
 
 import typer
@@ -16,6 +18,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: descriptions wrap under long option names at any width; rich's boxed
+    # table cut option names and left ~17 columns for descriptions at COLUMNS=80.
+    rich_markup_mode=None,
 )
 
 # One line per command module; each defines register(app).
@@ -33,6 +38,69 @@ _COMMAND_MODULES = [
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
+
+_HELP_WIDTH = 76  # an example line longer than this breaks before an option, with " \\"
+
+
+def _example_lines(line: str) -> list[str]:
+    """A long example command broken before ``--options`` into shell continuation lines."""
+    indent = line[:len(line) - len(line.lstrip())]
+    words = re.split(r" (?=--?[a-zA-Z])", line.strip())
+    out, cur = [], indent + words[0]
+    for w in words[1:]:
+        if len(cur) + 1 + len(w) + 2 > _HELP_WIDTH:
+            out.append(cur + " \\")
+            cur = indent + "    " + w
+        else:
+            cur += " " + w
+    return [*out, cur]
+
+
+def tidy_help(doc: str) -> str:
+    """A command docstring for click: example paragraphs (indented lines or lines starting with
+    ``dinoeval``) are kept verbatim (click's ``\\b``) and long ones broken before options."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    out = []
+    for para in paragraphs:
+        lines = para.splitlines()
+        if lines and all(ln.startswith(("  ", "dinoeval ", "torchrun ", "python ")) for ln in lines):
+            commands: list[str] = []
+            for ln in lines:  # a line starting with an option continues the command above
+                if commands and ln.lstrip().startswith("-"):
+                    commands[-1] += " " + ln.strip()
+                else:
+                    commands.append(ln.rstrip())
+            out.append("\b\n" + "\n".join(x for c in commands for x in _example_lines(c)))
+        else:
+            out.append(para)
+    return "\n\n".join(out)
+
+
+def _first_sentence(doc: str) -> str:
+    first = inspect.cleandoc(doc).split("\n\n")[0].replace("\n", " ")
+    m = re.match(r"(.+?[.:;?])(\s|$)", first)
+    return (m.group(1) if m else first).rstrip(".:;")
+
+
+for _info in app.registered_commands:
+    _doc = _info.help or (_info.callback.__doc__ if _info.callback else None)
+    if _doc:
+        _info.help = tidy_help(_doc)
+        _info.short_help = _info.short_help or _first_sentence(_doc)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dinoeval import __version__
+
+        print(f"dinoeval {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Evaluate, pretrain and diagnose DINO-style self-supervised vision backbones."""
 
 
 def main() -> None:

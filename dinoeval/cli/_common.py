@@ -174,7 +174,18 @@ def backbone_options(checkpoint_key: str, weights: str | None, img_size: int | N
 
 @contextlib.contextmanager
 def progress_factory():  # -> Iterator[ProgressFactory]
-    """A rich progress display; yields ``factory(description, total) -> update(done)``."""
+    """A rich progress display; yields ``factory(description, total) -> update(done)``.
+
+    When stderr is not a terminal (a batch job's log), plain periodic lines instead (see
+    :mod:`dinoeval.cli._logprogress`)."""
+    if not console.is_terminal:
+        import sys
+
+        from dinoeval.cli._logprogress import LogProgress
+
+        with LogProgress(sys.stderr) as plain:
+            yield plain
+        return
     with make_progress() as progress:
         def factory(description: str, total: int):
             task = progress.add_task(description, total=total, rate="")

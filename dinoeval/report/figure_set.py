@@ -109,6 +109,7 @@ def result_figures(results: Mapping[str, Mapping[str, Any]], *, class_names: Seq
     """
     figs: dict[str, Any] = {}
     per_class: dict[str, list[float]] = {}
+    kinds: list[str] = []
     for lab, res in results.items():
         knn = res.get("knn")
         if knn is not None and knn.confusion:
@@ -116,6 +117,7 @@ def result_figures(results: Mapping[str, Mapping[str, Any]], *, class_names: Seq
             figs[f"confusion_knn_{_slug(lab)}"] = F.plot_confusion_matrix(
                 knn.confusion[k], class_names, title=f"{lab}: k-NN (k={k})")
             per_class[f"{lab} k-NN"] = list(100 * knn.per_class[k])
+            kinds.append("knn")
         lin = res.get("linear")
         if lin is not None and lin.confusion is not None:
             figs[f"confusion_linear_{_slug(lab)}"] = F.plot_confusion_matrix(
@@ -123,6 +125,7 @@ def result_figures(results: Mapping[str, Mapping[str, Any]], *, class_names: Seq
             cm = lin.confusion.astype(float)
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_class[f"{lab} linear"] = list(100 * np.diag(cm) / cm.sum(axis=1))
+            kinds.append("linear")
     spectra = {lab: res["collapse"].singular_values for lab, res in results.items()
                if res.get("collapse") is not None
                and res["collapse"].singular_values is not None}
@@ -132,8 +135,9 @@ def result_figures(results: Mapping[str, Mapping[str, Any]], *, class_names: Seq
     if per_class:
         n = max(len(v) for v in per_class.values())
         names = [str(c) for c in class_names][:n] or [str(i) for i in range(n)]
-        figs["per_class_accuracy"] = F.plot_bars(names, per_class, xlabel="accuracy (%)",
-                                                 title="Per-class accuracy")
+        stem = "per_class_accuracy_" + "_".join(dict.fromkeys(kinds))
+        figs[stem] = F.plot_bars(names, per_class, xlabel="accuracy (%)",
+                                 title="Per-class accuracy")
     for lab, (xy, y) in (embeddings or {}).items():
         figs[f"map_{_slug(lab)}"] = F.plot_embedding(xy, y, class_names,
                                                      title=f"{lab}: 2-D map of the features")
