@@ -24,7 +24,7 @@ EVERY_ENV = "DINOEVAL_PROGRESS_EVERY"  # seconds between lines (default 30)
 
 
 def _clock(seconds: float) -> str:
-    s = int(round(max(seconds, 0.0)))
+    s = round(max(seconds, 0.0))
     h, rem = divmod(s, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
 
