@@ -83,9 +83,22 @@ def make_progress() -> Progress:
 
 
 def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -> None:
-    """Print a results frame as a rich table (constant context columns shown in the caption)."""
+    """Print a results frame as a rich table (constant context columns shown in the caption).
+
+    Backbones show as short labels (full specs in the caption), text never ends in "…" (long
+    cells fold), and a probe's per-setting held-out rows stay in ``--out`` only."""
     show = df.drop(columns=["version", "timestamp", "ckpt_hash"], errors="ignore")
     caption = []
+    grid = show["metric"].astype(str) == "val_top1" if "metric" in show else None
+    if grid is not None and grid.any() and not grid.all():
+        caption.append(f"{int(grid.sum())} per-setting val_top1 rows not shown (in --out)")
+        show = show[~grid]
+    if "backbone" in show and len(show):
+        from dinoeval.report.tables import default_labels
+
+        labels = default_labels(show["backbone"].astype(str).unique())
+        caption += [f"{short} = {spec}" for spec, short in labels.items() if short != spec]
+        show = show.assign(backbone=show["backbone"].astype(str).map(labels))
     if drop_constant and len(show) > 1:
         for c in list(show.columns):
             if c not in ("metric", "value", "param") and show[c].astype(str).nunique() == 1:
@@ -94,7 +107,8 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
     table = Table(title=title, caption=escape(" · ".join(caption)) or None,
                   header_style="bold cyan")
     for c in show.columns:
-        table.add_column(escape(str(c)), justify="right" if c in ("value", "n", "seconds") else "left")
+        table.add_column(escape(str(c)), overflow="fold",
+                         justify="right" if c in ("value", "n", "seconds") else "left")
     for _, r in show.iterrows():
         table.add_row(*[escape(_fmt(v)) for v in r])
     out_console.print(table)

@@ -57,3 +57,25 @@ def test_examples_are_kept_verbatim_and_broken_before_options():
     assert " ".join(ln.rstrip(" \\").strip() for ln in block) == (
         "dinoeval knn --ckpt runs/a/checkpoint.pth --ckpt runs/b/checkpoint.pth --ckpt pixels "
         "--train fashion-mnist:train --val fashion-mnist:test --out results.csv")
+
+
+def test_terminal_tables_never_cut_a_backbone_label():
+    import pandas as pd
+
+    from dinoeval.cli import _common
+
+    spec = "/very/long/path/to/some/experiment/runs/dino_vits16_seed3/checkpoint0100.pth"
+    df = pd.DataFrame({"backbone": [spec, "pixels"], "eval": "knn", "metric": "top1",
+                       "param": "k=20", "value": [0.8, 0.7], "timestamp": "t"})
+    old = _common.out_console.width
+    _common.out_console.width = 80
+    try:
+        with _common.out_console.capture() as cap:
+            _common.print_results(df, title="k-NN")
+    finally:
+        _common.out_console.width = old
+    text = cap.get()
+    assert "…" not in text and all(len(ln) <= 80 for ln in text.splitlines())
+    rows = [ln for ln in text.splitlines() if ln.startswith("│")]
+    assert any("dino_vits16_seed3/checkpoint0100.pth" in ln for ln in rows)  # the label, whole
+    assert "dino_vits16_seed3/checkpoint0100.pth =" in text and "/very/long/path" in text
