@@ -1,7 +1,8 @@
 """The evaluation transform, on whole uint8 batches as tensors.
 
 ImageNet protocol (DINO's eval): resize the shorter side to ``size / crop_ratio`` (256 for 224,
-bicubic, antialiased), center-crop ``size``, normalise with the ImageNet mean/std. Small images
+bicubic, antialiased, the long side truncated as torchvision's ``Resize`` does), center-crop
+``size``, normalise with the ImageNet mean/std. Small images
 (both sides <= 64 px, e.g. Fashion-MNIST) are resized straight to ``size`` (``crop_ratio = 1``):
 cutting 12% of a 28-px image's border would remove the object. Grayscale becomes 3 equal channels.
 """
@@ -61,8 +62,26 @@ def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def resized_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """``(H', W')`` with the shorter side ``short`` and the longer one truncated, as
+    ``torchvision.transforms.Resize(short)`` computes it (``int(short * long / short_side)``):
+    640x427 -> 383x256 (W x H), not the rounded 384x256."""
+    if h <= w:
+        return short, int(short * w / h)
+    return int(short * h / w), short
+
+
 def resize_center_crop(x: torch.Tensor, size: tuple[int, int], crop_ratio: float) -> torch.Tensor:
-    """Resize the shorter side to ``size/crop_ratio`` (bicubic, antialias), then center-crop."""
+    """Resize the shorter side to ``size/crop_ratio`` (bicubic, antialias), then center-crop.
+
+    Sizes follow torchvision's ``Resize(int)`` + ``CenterCrop`` exactly (long side truncated,
+    crop offset ``int(round((H' - h) / 2))``), the official DINO ``eval_knn.py`` /
+    ``eval_linear.py`` transform. Pixel values differ from torchvision-on-PIL only because PIL
+    resizes uint8 images (fixed-point weights, rounding and clipping to 0..255 between its two
+    1-D passes) where this works in float: on photographs (smooth images) at most 2/255 per
+    pixel, mean under 0.5/255; on white noise, where the clipping bites, isolated pixels differ
+    by up to ~25/255, mean still under 0.5/255 (``tests/features/test_transforms.py``).
+    """
     h, w = x.shape[-2:]
     th, tw = size
     if crop_ratio >= 1.0 and (h, w) != (th, tw) and h == w and th == tw:
@@ -70,8 +89,8 @@ def resize_center_crop(x: torch.Tensor, size: tuple[int, int], crop_ratio: float
                              align_corners=False).clamp_(0, 1)
     short = math.floor(min(th, tw) / crop_ratio + 1e-6)
     if (h, w) != (th, tw) or crop_ratio < 1.0:
-        scale = short / min(h, w)
-        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        nh, nw = resized_size(h, w, short)
+        nh, nw = max(th, nh), max(tw, nw)  # a non-square crop wider than the resized image
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True,
                               align_corners=False).clamp_(0, 1)
