@@ -1,8 +1,12 @@
 """DINO's schedules as closed-form functions of the step (or epoch), so resuming needs no state.
 
-They match the official ``cosine_scheduler``: a linear warm-up over ``warmup_steps`` from
-``warmup_start`` to ``base``, then a half cosine from ``base`` down (or up) to ``final`` over the
-remaining steps.
+They equal the official DINO ``utils.cosine_scheduler`` step for step: a warm-up of
+``warmup_steps`` values ``np.linspace(warmup_start, base, warmup_steps)`` (``warmup_start`` at
+step 0, ``base`` already at step ``warmup_steps - 1``), then ``final + (base - final) *
+(1 + cos(pi * i / n)) / 2`` for ``i = 0 .. n - 1`` over the ``n = total - warmup`` remaining steps.
+The teacher temperature is the official ``DINOLoss`` schedule: ``np.linspace(warmup, final,
+warmup_epochs)`` per epoch, then constant. ``tests/pretrain/test_pretrain_schedules.py`` checks
+every step of each against those formulas.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from dataclasses import dataclass
 
 def cosine_schedule(step: int, total_steps: int, base: float, final: float, *,
                     warmup_steps: int = 0, warmup_start: float = 0.0) -> float:
-    """Value at ``step`` (0-based) of warm-up then cosine from ``base`` to ``final``."""
-    if step < warmup_steps:
-        return warmup_start + (base - warmup_start) * step / warmup_steps
+    """Value at ``step`` (0-based) of warm-up then cosine from ``base`` to ``final``.
+
+    Steps past ``total_steps`` stay at ``final`` (the official array has no such entries).
+    """
+    if step < warmup_steps:  # np.linspace(warmup_start, base, warmup_steps)[step]
+        return warmup_start + (base - warmup_start) * step / max(warmup_steps - 1, 1)
     span = max(total_steps - warmup_steps, 1)
     t = min(step - warmup_steps, span) / span
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
@@ -36,7 +43,8 @@ class Schedules:
     Args:
         steps_per_epoch, epochs: define the total number of steps.
         lr: peak learning rate (already scaled by batch size); ``min_lr`` its end.
-        warmup_epochs: linear learning-rate warm-up from 0.
+        warmup_epochs: linear learning-rate warm-up from 0, reaching ``lr`` at the last warm-up
+            step (as the official ``np.linspace``).
         weight_decay, weight_decay_end: cosine weight-decay schedule (no warm-up).
         momentum_teacher: start of the cosine teacher-momentum schedule to 1.
     """
