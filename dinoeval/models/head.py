@@ -8,6 +8,7 @@ dict keys are the official ``last_layer.weight_g`` / ``last_layer.weight_v`` on 
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +16,17 @@ from torch import nn
 
 
 class WeightNormLinear(nn.Module):
-    """``y = x @ (g * v / ||v||)^T`` with ``g: (out, 1)``, ``v: (out, in)``, no bias."""
+    """``y = x @ (g * v / ||v||)^T`` with ``g: (out, 1)``, ``v: (out, in)``, no bias.
+
+    ``v`` starts at PyTorch's default ``nn.Linear`` initialisation (Kaiming-uniform with
+    ``a = sqrt(5)``, i.e. U(-1/sqrt(in), 1/sqrt(in))) and ``g`` at 1, as the official DINO head's
+    ``weight_norm(nn.Linear(bottleneck, K, bias=False))`` with ``weight_g`` filled with 1.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, *, freeze_norm: bool = True) -> None:
         super().__init__()
         self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
-        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))  # nn.Linear.reset_parameters
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not freeze_norm)
 
     @property
@@ -33,6 +39,10 @@ class WeightNormLinear(nn.Module):
 
 class DINOHead(nn.Module):
     """DINO head: ``(B, in_dim) -> (B, out_dim)`` prototype logits.
+
+    Initialisation as the official ``DINOHead``: MLP weights trunc_normal(std 0.02), biases 0;
+    the last layer PyTorch's default (see :class:`WeightNormLinear`). With the same seed the
+    parameters equal the official head's bit for bit.
 
     Args:
         in_dim: backbone width.
@@ -69,8 +79,10 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
-        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, freeze_norm=norm_last_layer)
         self.apply(self._init_weights)
+        # After the trunc-normal init of the MLP, as in the official head: the prototypes keep
+        # PyTorch's default Linear init (trunc_normal(0.02) made them move ~1.8x faster at first)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, freeze_norm=norm_last_layer)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
