@@ -68,6 +68,12 @@ class ImageSource(ABC):
     def fingerprint(self) -> str:
         """A short hash that changes whenever the images, labels or order change."""
 
+    def origin(self) -> tuple[str, np.ndarray]:
+        """``(fingerprint of the whole collection these images come from, (N,) int64 indices
+        into it)``: two sources overlap when the fingerprints are equal and the indices meet
+        (see :func:`dinoeval.data.check_disjoint`). Subsets keep their parent's origin."""
+        return self.fingerprint(), np.arange(len(self), dtype=np.int64)
+
     def info(self) -> SourceInfo:
         return SourceInfo(
             spec=self.spec,
@@ -107,6 +113,7 @@ class ArraySource(ImageSource):
         self.grayscale = images.ndim == 3
         self.native_size = (int(images.shape[1]), int(images.shape[2]))
         self._fingerprint: str | None = None
+        self._origin: tuple[str, np.ndarray] | None = None
 
     def load(self, index: int) -> np.ndarray:
         img = self.images[index]
@@ -131,11 +138,18 @@ class ArraySource(ImageSource):
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    def origin(self) -> tuple[str, np.ndarray]:
+        return self._origin if self._origin is not None else super().origin()
+
     def subset(self, indices: np.ndarray) -> ArraySource:
-        """A new source holding ``indices`` (deterministic subsets for tests and demos)."""
+        """A new source holding ``indices`` (deterministic subsets for tests and demos); its
+        :meth:`origin` is this source's, so overlapping subsets are recognised."""
         idx = np.asarray(indices)
-        return ArraySource(
+        sub = ArraySource(
             self.images[idx], self.labels[idx], spec=f"{self.spec}[{len(idx)}]", name=self.name,
             split=self.split, classes=self.classes,
             masks=None if self.masks is None else self.masks[idx],
         )
+        fp, parent = self.origin()
+        sub._origin = (fp, parent[idx])
+        return sub

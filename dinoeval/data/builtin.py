@@ -53,6 +53,33 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise BadImageError(path, f"{type(err).__name__}: {err}") from err
 
 
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _few(paths: list[Path], n: int = 3) -> str:
+    names = ", ".join(p.name for p in paths[:n])
+    return names + (f", ... ({len(paths)} in all)" if len(paths) > n else "")
+
+
+def _common_size(paths: list[Path]) -> tuple[int, int] | None:
+    """The ``(H, W)`` shared by every image file (from the headers), or None."""
+    from PIL import Image
+
+    size = None
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # a broken file: decoding will name it later
+            return None
+        if size is None:
+            size = (h, w)
+        elif size != (h, w):
+            return None
+    return size
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into a uint8 array."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -94,41 +121,63 @@ def digits(split: str = "all") -> ArraySource:
     stratified 75/25 split (seed 0)."""
     from sklearn.datasets import load_digits
 
+    if split not in ("train", "test", "all"):
+        raise DinoevalError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
     labels = d.target.astype(np.int64)
-    if split != "all":
-        if split not in ("train", "test"):
-            raise DinoevalError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
-        rng = np.random.default_rng(0)
-        is_test = np.zeros(len(labels), dtype=bool)
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
-            is_test[rng.permutation(idx)[: len(idx) // 4]] = True
-        keep = np.flatnonzero(is_test if split == "test" else ~is_test)
-        images, labels = images[keep], labels[keep]
-    return ArraySource(images, labels, spec=f"digits:{split}", name="digits", split=split,
+    full = ArraySource(images, labels, spec="digits:all", name="digits", split="all",
                        classes=tuple(str(i) for i in range(10)))
+    if split == "all":
+        return full
+    rng = np.random.default_rng(0)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        is_test[rng.permutation(idx)[: len(idx) // 4]] = True
+    part = full.subset(np.flatnonzero(is_test if split == "test" else ~is_test))
+    part.spec, part.split = f"digits:{split}", split  # origin: digits:all, so overlap is seen
+    return part
 
 
 class ImageFolderSource(ImageSource):
-    """``root/<class>/<image>`` files, sorted by class then file name; decoded lazily to RGB."""
+    """Image files under ``root``, decoded lazily to RGB.
+
+    Two layouts:
+
+    * ``root/<class>/**/<image>``: one sub-folder per class (images in nested folders belong to
+      their top-level class; an empty class folder is a class with no images); sorted by class,
+      then by path. ``classes`` are the folder names.
+    * ``root/<image>``: a flat folder of unlabelled images (``labels`` all -1, ``classes`` empty),
+      sorted by file name: for ``extract``, ``attention`` and other commands that need no labels.
+
+    Hidden files and folders (``.name``) are ignored. A root holding both class folders and
+    loose images is refused (the loose images would silently be left out).
+    """
 
     def __init__(self, root: str | Path, *, spec: str | None = None) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DinoevalError(f"image folder {self.root} does not exist or is not a directory")
-        class_dirs = sorted(p for p in self.root.iterdir() if p.is_dir())
-        if not class_dirs:
-            raise DinoevalError(f"image folder {self.root} has no class sub-folders "
-                                "(expected root/<class>/<image files>)")
+        entries = sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
+        class_dirs = [p for p in entries if p.is_dir()]
+        loose = [p for p in entries if _is_image(p)]
+        if class_dirs and loose:
+            raise DinoevalError(
+                f"image folder {self.root} has both class sub-folders ({_few(class_dirs)}) and "
+                f"{len(loose)} images at its top level ({_few(loose)}); move the images into "
+                "class folders, or point at a folder of images only")
         paths: list[Path] = []
         labels: list[int] = []
-        for c, d in enumerate(class_dirs):
-            for p in sorted(d.rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                    paths.append(p)
-                    labels.append(c)
+        if class_dirs:
+            for c, d in enumerate(class_dirs):
+                for p in sorted(d.rglob("*")):
+                    if _is_image(p) and not any(part.startswith(".")
+                                                for part in p.relative_to(d).parts):
+                        paths.append(p)
+                        labels.append(c)
+        else:
+            paths, labels = loose, [-1] * len(loose)
         if not paths:
             raise DinoevalError(f"image folder {self.root} has no images with extensions "
                                 f"{', '.join(IMAGE_EXTENSIONS)}")
@@ -138,6 +187,15 @@ class ImageFolderSource(ImageSource):
         self.spec = spec or f"imagefolder:{self.root}"
         self.name = self.root.name
         self.split = self.root.name if self.root.name in ("train", "val", "test") else "all"
+        self._native_size: tuple[tuple[int, int] | None] | None = None
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:  # type: ignore[override]
+        """``(H, W)`` when every image has the same size (read from the file headers once,
+        nothing decoded), else None; None also when a header is unreadable."""
+        if self._native_size is None:
+            self._native_size = (_common_size(self.paths),)
+        return self._native_size[0]
 
     def load(self, index: int) -> np.ndarray:
         return read_rgb(self.paths[index])

@@ -1,7 +1,8 @@
 """Sources by name: ``NAME[:ARG][@DIR][[:N]]`` -> :class:`ImageSource`.
 
 Built in: ``fashion-mnist:train|test[@DIR]``, ``digits[:train|test|all]``, ``imagefolder:PATH``.
-A trailing ``[:N]`` takes a fixed, seeded subset of N images (order preserved).
+A trailing ``[:N]`` takes a fixed, seeded subset of N images (order preserved); N larger than
+the split is refused (the error states the split's size), never silently truncated.
 """
 
 from __future__ import annotations
@@ -59,10 +60,19 @@ def get_source(spec: str) -> ImageSource:
 
 
 def take_subset(source: ImageSource, n: int, *, spec: str, seed: int = 0) -> ImageSource:
-    """A seeded subset of ``n`` images in their original order."""
+    """A seeded subset of ``n`` images in their original order (all of them when ``n`` is the
+    split's size). Subsets of one source with the same seed are nested: ``[:500]`` lies inside
+    ``[:2000]``.
+
+    Raises:
+        DinoevalError: ``n <= 0``, or ``n`` larger than the source (the message gives its size).
+    """
     if n <= 0:
         raise DinoevalError(f"{spec}: subset size must be positive")
-    if n >= len(source):
+    if n > len(source):
+        raise DinoevalError(f"{spec}: asks for {n:,} images but {source.spec} has only "
+                            f"{len(source):,}; use [:{len(source)}] or fewer, or drop [:N]")
+    if n == len(source):
         return source
     idx = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
     if isinstance(source, ArraySource):
@@ -77,7 +87,15 @@ class _IndexedSource(ImageSource):
         self.base, self.indices, self.spec = base, indices, spec
         self.name, self.split, self.classes = base.name, base.split, base.classes
         self.labels = base.labels[indices]
-        self.grayscale, self.native_size = base.grayscale, base.native_size
+        self.grayscale = base.grayscale
+
+    @property
+    def native_size(self) -> tuple[int, int] | None:  # type: ignore[override]
+        return self.base.native_size
+
+    def origin(self) -> tuple[str, np.ndarray]:
+        fp, idx = self.base.origin()
+        return fp, idx[self.indices]
 
     def load(self, index: int) -> np.ndarray:
         return self.base.load(int(self.indices[index]))
@@ -112,4 +130,5 @@ def _imagefolder(arg: str | None, directory: str | None) -> ImageSource:
 
 register_source("fashion-mnist", _fashion, "Fashion-MNIST train|test (Debian dataset-fashion-mnist)")
 register_source("digits", _digits, "scikit-learn's 8x8 digits, all|train|test")
-register_source("imagefolder", _imagefolder, "imagefolder:PATH with one sub-folder per class")
+register_source("imagefolder", _imagefolder, "imagefolder:PATH: one sub-folder per class, or a "
+                "flat folder of unlabelled images")

@@ -298,8 +298,12 @@ def shapes(cfg: ShapesConfig | None = None, **kwargs: object) -> ArraySource:
     """The ``shapes`` source for ``cfg`` (or ``ShapesConfig(**kwargs)``), with masks."""
     cfg = cfg or ShapesConfig(**kwargs)  # type: ignore[arg-type]
     arrays = _cached(cfg)
-    return ArraySource(arrays.images, arrays.labels, spec=cfg.spec(), name="shapes",
-                       split=cfg.split, classes=SHAPE_CLASSES[: cfg.classes], masks=arrays.masks)
+    src = ArraySource(arrays.images, arrays.labels, spec=cfg.spec(), name="shapes",
+                      split=cfg.split, classes=SHAPE_CLASSES[: cfg.classes], masks=arrays.masks)
+    # image i does not depend on n: sources that differ only in n overlap (same origin)
+    stream = f"shapes:{cfg.split}@size={cfg.size},classes={cfg.classes},seed={cfg.seed},"
+    src._origin = (f"{stream}clutter={cfg.clutter:g}", np.arange(len(src), dtype=np.int64))
+    return src
 
 
 def _factory(arg: str | None, options: str | None) -> ArraySource:
