@@ -1,7 +1,8 @@
 """On-disk feature cache: one directory per key, written atomically, memory-mapped on read.
 
-The key hashes everything the features depend on (:func:`~dinoeval.features.extract.feature_meta`):
-checkpoint content hash, source fingerprint, transform, kind, precision and code version. An entry
+The key hashes everything the features depend on, ``meta["key"]`` of
+:func:`~dinoeval.features.extract.feature_meta`: the built network (weights hash, architecture,
+heads, input size), source fingerprint, transform, kind, precision and code version. An entry
 is written into a temporary directory and renamed into place (:func:`dinoeval._io.atomic_dir`),
 so a crash leaves no entry that looks complete; ``meta.json`` is written last and re-checked on
 read, and any entry that cannot be read is recomputed, so a stale, partial or damaged entry is
@@ -23,8 +24,8 @@ from dinoeval.features.featureset import FeatureSet
 
 log = logging.getLogger(__name__)
 
-_KEY_FIELDS = ("ckpt_hash", "img_size", "source_fingerprint", "num_images", "kind", "transform",
-               "precision", "code_version")
+# Everything the features depend on is in meta["key"] (see feature_meta): hash all of it.
+_KEY_FIELDS = ("key",)
 
 
 def cache_key(meta: dict[str, Any]) -> str:

@@ -228,10 +228,30 @@ def extract_features(
 
 def feature_meta(backbone: Backbone, source: ImageSource, kind: str,
                  transform: EvalTransform | None, precision: str) -> dict[str, Any]:
-    """Everything the features depend on (the cache key is a hash of it)."""
+    """Facts about features of ``backbone`` on ``source``.
+
+    ``meta["key"]`` holds everything the features depend on, read from the objects that make
+    them: the built network (:func:`~dinoeval.features.identity.network_identity`: weights hash,
+    architecture, heads, input size, ...), the source fingerprint (images, labels, order), the
+    transform, the feature kind, the precision and the code version; the cache key is a hash of
+    exactly ``meta["key"]``. The other entries describe the features for people and tables.
+    """
+    from dinoeval.features.identity import network_identity
+
     return {
+        "key": {
+            "network": network_identity(backbone),
+            "source_fingerprint": source.fingerprint(),
+            "num_images": len(source),
+            "kind": "pixels" if backbone.kind == "pixels" else kind,
+            "grayscale": bool(source.grayscale) if backbone.kind == "pixels" else None,
+            "transform": transform.key() if transform else "native",
+            "precision": precision,
+            "code_version": FEATURE_CODE_VERSION,
+        },
         "backbone": backbone.spec,
         "ckpt_hash": backbone.content_hash,
+        "network_hash": network_identity(backbone).get("weights"),
         "arch": backbone.name,
         "img_size": list(backbone.img_size) if backbone.img_size else None,
         "source": source.spec,

@@ -76,7 +76,7 @@ def test_cache_hit_miss_and_staleness(backbone, tmp_path):
     (entry / "meta.json").unlink()
     assert not extract_features(backbone, src, cache_dir=str(cache)).meta.get("cached")
     meta = json.loads((entry / "meta.json").read_text())
-    meta["source_fingerprint"] = "deadbeef"
+    meta["key"]["source_fingerprint"] = "deadbeef"
     (entry / "meta.json").write_text(json.dumps(meta))
     assert not extract_features(backbone, src, cache_dir=str(cache)).meta.get("cached")
 
