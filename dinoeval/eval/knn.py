@@ -53,6 +53,8 @@ class KnnResult:
             rows.append(Row("knn", "top5", self.top5[k], f"k={k}", self.n_test))
             if per_class:
                 for c, v in enumerate(self.per_class[k]):
+                    if np.isnan(v):  # a train class with no test sample: nothing was measured
+                        continue
                     name = class_names[c] if c < len(class_names) else str(c)
                     rows.append(Row("knn", f"recall[{name}]", float(v), f"k={k}"))
         return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from dinoeval.data import ImageSource
+from dinoeval.data import ImageSource, require_labels
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.clusters import ClusterResult, cluster_scores
 from dinoeval.features import FeatureSet
@@ -22,6 +22,7 @@ from dinoeval.pipeline.setup import (
     context_for,
     get_features,
     labelled,
+    needs_vectors,
     notes,
 )
 from dinoeval.results import to_frame
@@ -62,7 +63,8 @@ def run_clusters(ckpt: str, data: str | ImageSource, *,
                  progress: ProgressFactory | None = None) -> Run:
     """k-means of one backbone's features on ``data``, scored against its labels."""
     t0 = time.perf_counter()
-    src = as_source(data)
+    needs_vectors(extract_opts, "k-means")
+    src = require_labels(as_source(data), "clustering scores")  # before any work
     backbone = backbone_opts.load(ckpt)
     fs = get_features(backbone, src, extract_opts, progress)
     result = evaluate_clusters(fs, config)

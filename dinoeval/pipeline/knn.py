@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from dinoeval.checks import at_least, positive
-from dinoeval.data import ImageSource
+from dinoeval.data import ImageSource, check_train_val
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.knn import DEFAULT_KS, KnnResult, knn_classify
 from dinoeval.features import FeatureSet
@@ -23,6 +23,7 @@ from dinoeval.pipeline.setup import (
     as_source,
     context_for,
     get_features,
+    needs_vectors,
     notes,
 )
 from dinoeval.results import to_frame
@@ -68,6 +69,19 @@ def evaluate_knn(train: FeatureSet, val: FeatureSet, config: KnnConfig = KnnConf
                         temperature=config.temperature, num_classes=num_classes)
 
 
+def check_knn_inputs(train: ImageSource, val: ImageSource, config: KnnConfig,
+                     extract_opts: ExtractOptions) -> tuple[ImageSource, ImageSource]:
+    """The checks :func:`run_knn` makes before the work; returns ``(train, val)`` with val's
+    labels on the train classes (see :func:`~dinoeval.data.match_classes`)."""
+    needs_vectors(extract_opts, "k-NN")
+    val = check_train_val(train, val, "k-NN")
+    if max(config.ks) > len(train):
+        raise DinoevalError(f"--k {max(config.ks)} is larger than the bank: --train {train.spec} "
+                            f"has {len(train):,} images; use --k values <= {len(train)} or more "
+                            "train data")
+    return train, val
+
+
 def run_knn(
     ckpt: str,
     train: str | ImageSource,
@@ -78,14 +92,18 @@ def run_knn(
     config: KnnConfig = KnnConfig(),
     progress: ProgressFactory | None = None,
 ) -> KnnRun:
-    """k-NN of one backbone: features of ``train`` and ``val``, then :func:`evaluate_knn`."""
+    """k-NN of one backbone: features of ``train`` and ``val``, then :func:`evaluate_knn`.
+
+    Before any backbone runs: both splits labelled, disjoint, val classes matched to the train
+    classes by name (:func:`~dinoeval.data.check_train_val`), every k within the bank, a
+    vector feature kind.
+    """
     t0 = time.perf_counter()
-    train_src, val_src = as_source(train), as_source(val)
+    train_src, val_src = check_knn_inputs(as_source(train), as_source(val), config, extract_opts)
     backbone = backbone_opts.load(ckpt)
     ftrain = get_features(backbone, train_src, extract_opts, progress)
     fval = get_features(backbone, val_src, extract_opts, progress)
-    result = evaluate_knn(ftrain, fval, config,
-                          num_classes=max(len(train_src.classes), len(val_src.classes)) or None)
+    result = evaluate_knn(ftrain, fval, config, num_classes=len(val_src.classes) or None)
     ctx = context_for(backbone, val_src, extract_opts.feature)
     frame = to_frame(result.to_rows(per_class=config.per_class, class_names=val_src.classes), ctx,
                      seconds=time.perf_counter() - t0)

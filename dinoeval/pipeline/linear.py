@@ -10,7 +10,7 @@ import itertools
 import time
 from collections.abc import Callable
 
-from dinoeval.data import ImageSource
+from dinoeval.data import ImageSource, check_train_val
 from dinoeval.eval.linear import LinearProbeConfig, LinearProbeResult, linear_probe
 from dinoeval.features import FeatureSet
 from dinoeval.pipeline.setup import (
@@ -22,6 +22,7 @@ from dinoeval.pipeline.setup import (
     context_for,
     get_features,
     labelled,
+    needs_vectors,
     notes,
 )
 from dinoeval.results import to_frame
@@ -55,11 +56,14 @@ def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
                progress: ProgressFactory | None = None) -> Run:
     """Linear probe of one backbone: selected on a held-out split of ``train``, tested on ``val``."""
     t0 = time.perf_counter()
-    train_src, val_src = as_source(train), as_source(val)
+    needs_vectors(extract_opts, "a linear probe")
+    train_src = as_source(train)
+    val_src = check_train_val(train_src, as_source(val), "a linear probe")  # before any work
     backbone = backbone_opts.load(ckpt)
     ftr = get_features(backbone, train_src, extract_opts, progress)
     fte = get_features(backbone, val_src, extract_opts, progress)
-    result = evaluate_linear(ftr, fte, config, device=extract_opts.device, progress=progress)
+    result = evaluate_linear(ftr, fte, config, device=extract_opts.device, progress=progress,
+                             num_classes=len(val_src.classes) or None)
     frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature),
                      seconds=time.perf_counter() - t0)
     return Run(frame=frame, results={"linear": result},

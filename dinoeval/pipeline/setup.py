@@ -115,6 +115,15 @@ def notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[st
     return out
 
 
+def needs_vectors(opts: ExtractOptions, what: str) -> None:
+    """Refuse ``--feature patch`` (``(N, T, D)`` tokens) for an evaluation of one vector per
+    image, before any backbone runs."""
+    if opts.feature == "patch":
+        raise DinoevalError(f"{what} needs one vector per image, and --feature patch gives a "
+                            "grid of patch tokens; use cls, cls-last4, cls+avgpool or "
+                            "cls+avgpool-v2 (patch is for extract)")
+
+
 def labelled(fs: FeatureSet, what: str) -> np.ndarray:
     """``fs.labels``; raises when any image is unlabelled (``what`` names the evaluation)."""
     if (fs.labels < 0).any():
