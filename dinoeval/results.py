@@ -17,11 +17,23 @@ import pandas as pd
 
 from dinoeval.errors import DinoevalError
 
-COLUMNS: tuple[str, ...] = (
-    "backbone", "ckpt_hash", "arch", "dataset", "split", "feature", "eval", "metric", "param",
-    "value", "n", "seconds", "version", "timestamp",
+IDENTITY_COLUMNS: tuple[str, ...] = (
+    "network", "resolution", "train_data", "train_n", "data", "data_n",
 )
-_DTYPES = {"value": "float64", "n": "Int64", "seconds": "float64"}
+"""What else a row was measured with, beside backbone/arch/dataset/split/feature: ``network`` (which
+network of a training checkpoint: ``teacher``/``student``, empty for a plain backbone),
+``resolution`` (the input side, e.g. ``224``, or ``native`` for pixels at the images' size),
+``train_data``/``train_n`` (the train or bank spec and its image count, for k-NN and linear
+probes) and ``data``/``data_n`` (the spec and image count of the data the row is measured on).
+Tables written before these columns existed load with them missing (empty)."""
+
+COLUMNS: tuple[str, ...] = (
+    "backbone", "ckpt_hash", "arch", "dataset", "split", "feature", *IDENTITY_COLUMNS, "eval",
+    "metric", "param", "value", "n", "seconds", "version", "timestamp",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in IDENTITY_COLUMNS)
+_DTYPES = {"value": "float64", "n": "Int64", "seconds": "float64", "train_n": "Int64",
+           "data_n": "Int64"}
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Context:
-    """Where a number comes from."""
+    """Where a number comes from (see :data:`IDENTITY_COLUMNS` for the last six)."""
 
     backbone: str
     ckpt_hash: str
@@ -45,6 +57,12 @@ class Context:
     dataset: str
     split: str
     feature: str
+    network: str = ""
+    resolution: str = ""
+    train_data: str = ""
+    train_n: int | None = None
+    data: str = ""
+    data_n: int | None = None
 
 
 def to_frame(rows: Iterable[Row], context: Context, *, seconds: float | None = None) -> pd.DataFrame:
@@ -98,15 +116,21 @@ def read_results(path: str | Path) -> pd.DataFrame:
             extra_na = {c: ["", "nan", "NaN"] for c in header if c not in COLUMNS}
             df = pd.read_csv(
                 path, dtype={"param": str, "ckpt_hash": str}, keep_default_na=False,
-                na_values={**extra_na, "value": ["", "nan", "NaN"], "n": [""], "seconds": [""]})
+                na_values={**extra_na, "value": ["", "nan", "NaN"], "n": [""], "seconds": [""],
+                           "train_n": [""], "data_n": [""]})
     except DinoevalError:
         raise
     except Exception as err:
         raise DinoevalError(f"results file {path} cannot be read: {err}") from err
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DinoevalError(f"{path} is not a dinoeval results table (missing columns "
                             f"{', '.join(missing)})")
+    for c in IDENTITY_COLUMNS:  # a table from before these columns: missing values
+        if c not in df.columns:
+            df[c] = pd.NA if c in _DTYPES else ""
+        elif c not in _DTYPES:
+            df[c] = df[c].astype(str).replace({"nan": "", "<NA>": ""})
     return df[_ordered(df.columns)].astype(_DTYPES)
 
 

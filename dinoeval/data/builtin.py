@@ -185,8 +185,11 @@ class ImageFolderSource(ImageSource):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = tuple(d.name for d in class_dirs)
         self.spec = spec or f"imagefolder:{self.root}"
-        self.name = self.root.name
-        self.split = self.root.name if self.root.name in ("train", "val", "test") else "all"
+        # the dataset is the folder, or its parent when the folder is a split: /data/imagenet/val
+        # is dataset "imagenet", split "val" (never just "val", which /data/inat/val also is)
+        is_split = self.root.name in ("train", "val", "test")
+        self.name = (self.root.resolve().parent.name if is_split else self.root.name) or "images"
+        self.split = self.root.name if is_split else "all"
         self._native_size: tuple[tuple[int, int] | None] | None = None
 
     @property

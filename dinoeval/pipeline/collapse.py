@@ -180,8 +180,7 @@ def _feature_stats(x: np.ndarray, labels: np.ndarray | None, views: tuple | None
 
 
 def _with_feature(ctx: Context, feature: str) -> Context:
-    return Context(backbone=ctx.backbone, ckpt_hash=ctx.ckpt_hash, arch=ctx.arch,
-                   dataset=ctx.dataset, split=ctx.split, feature=feature)
+    return replace(ctx, feature=feature)
 
 
 def run_collapse_stats(ckpt: str, data: str | ImageSource, *,

@@ -104,7 +104,7 @@ def run_knn(
     ftrain = get_features(backbone, train_src, extract_opts, progress)
     fval = get_features(backbone, val_src, extract_opts, progress)
     result = evaluate_knn(ftrain, fval, config, num_classes=len(val_src.classes) or None)
-    ctx = context_for(backbone, val_src, extract_opts.feature)
+    ctx = context_for(backbone, val_src, extract_opts.feature, train=train_src)
     frame = to_frame(result.to_rows(per_class=config.per_class, class_names=val_src.classes), ctx,
                      seconds=time.perf_counter() - t0)
     return KnnRun(frame=frame, result=result, train=ftrain, val=fval,

@@ -64,7 +64,8 @@ def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
     fte = get_features(backbone, val_src, extract_opts, progress)
     result = evaluate_linear(ftr, fte, config, device=extract_opts.device, progress=progress,
                              num_classes=len(val_src.classes) or None)
-    frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature),
+    frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature,
+                                                   train=train_src),
                      seconds=time.perf_counter() - t0)
     return Run(frame=frame, results={"linear": result},
                notes=notes(backbone, (ftr, train_src), (fte, val_src)))

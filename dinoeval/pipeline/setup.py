@@ -29,6 +29,10 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 """``factory(description, total) -> update(done)``: how a runner reports progress."""
 
 
+TRAINING_FORMATS = ("dino-train", "dinoeval-pretrain", "dinov2-train")
+"""Checkpoint formats holding both a teacher and a student (see ``--checkpoint-key``)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackboneOptions:
     """How to turn a spec into a backbone (see :func:`dinoeval.models.load_backbone`)."""
@@ -44,9 +48,15 @@ class BackboneOptions:
         at_least("--seed", self.seed, 0)
 
     def load(self, spec: str) -> Backbone:
-        return load_backbone(spec, checkpoint_key=self.checkpoint_key, weights=self.weights,
-                             img_size=self.img_size, num_heads=self.num_heads,
-                             pixel_size=self.pixel_size, seed=self.seed)
+        """The backbone of ``spec``; ``meta["network"]`` says which network of a training
+        checkpoint (teacher or student) was read, and is empty for a plain backbone."""
+        bb = load_backbone(spec, checkpoint_key=self.checkpoint_key, weights=self.weights,
+                           img_size=self.img_size, num_heads=self.num_heads,
+                           pixel_size=self.pixel_size, seed=self.seed)
+        from_train = bb.meta.get("format") in TRAINING_FORMATS or any(
+            str(n).startswith(f"read {self.checkpoint_key!r}") for n in bb.notes)
+        bb.meta["network"] = self.checkpoint_key if from_train else ""
+        return bb
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,11 +109,28 @@ def get_features(backbone: Backbone, source: ImageSource, opts: ExtractOptions,
         precision=opts.precision, cache_dir=opts.cache_dir, progress=cb)
 
 
-def context_for(backbone: Backbone, source: ImageSource, feature: str) -> Context:
-    """The result-table context of features of ``backbone`` on ``source``."""
+def resolution(backbone: Backbone) -> str:
+    """The input side as a table shows it: ``224``, ``224x320``, or ``native`` (pixels at the
+    images' own size)."""
+    if backbone.img_size is None:
+        return "native"
+    h, w = backbone.img_size
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def context_for(backbone: Backbone, source: ImageSource, feature: str, *,
+                train: ImageSource | None = None) -> Context:
+    """The result-table context of features of ``backbone`` on ``source`` (``train``: the train
+    or bank split of a k-NN / linear evaluation): every identity column of
+    :data:`dinoeval.results.IDENTITY_COLUMNS`, so rows of different networks, resolutions or
+    data never look alike."""
     return Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
                    dataset=source.name, split=source.split,
-                   feature="pixels" if backbone.kind == "pixels" else feature)
+                   feature="pixels" if backbone.kind == "pixels" else feature,
+                   network=str(backbone.meta.get("network", "")), resolution=resolution(backbone),
+                   train_data=train.spec if train is not None else "",
+                   train_n=len(train) if train is not None else None,
+                   data=source.spec, data_n=len(source))
 
 
 def notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[str]:

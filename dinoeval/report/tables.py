@@ -292,9 +292,24 @@ class Table:
 
 
 def _index_columns(df: pd.DataFrame) -> list[str]:
-    """``label``, plus feature/split when one label has several (dataset goes to the columns)."""
+    """``label``, plus feature/split when one label has several (dataset goes to the columns),
+    plus every identity column (network, resolution, train/val data and sizes:
+    :data:`dinoeval.results.IDENTITY_COLUMNS`) that varies within one label and dataset, so
+    that rows of a teacher and a student, or of two banks, never merge into one cell."""
+    from dinoeval.results import IDENTITY_COLUMNS
+
     per_label = df.groupby("label")[["feature", "split"]].nunique()
-    return ["label"] + [c for c in ("feature", "split") if (per_label[c] > 1).any()]
+    cols = ["label"] + [c for c in ("feature", "split") if (per_label[c] > 1).any()]
+    ident = [c for c in IDENTITY_COLUMNS if c in df.columns]
+    if ident:
+        shown = df.assign(**{c: _text(df[c]) for c in ident})
+        per = shown.groupby(["label", "dataset"])[ident].nunique()
+        cols += [c for c in ident if (per[c] > 1).any()]
+    return cols
+
+
+def _text(s: pd.Series) -> pd.Series:
+    return s.astype(str).replace({"<NA>": "", "nan": "", "None": ""})
 
 
 def _latest_per_run(df: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -315,13 +330,14 @@ def build_table(df: pd.DataFrame, *, columns: Sequence[str] = ("dataset", "eval"
     """
     idx_cols = _index_columns(df)
     levels = [c for c in columns if df[c].astype(str).nunique() > 1] or ["metric"]
-    df = df.assign(**{c: df[c].astype(str) for c in (*idx_cols, *levels)})
+    df = df.assign(**{c: _text(df[c]) for c in (*idx_cols, *levels)})
     metric_order = {m: float(i) for i, m in enumerate(dict.fromkeys(df["metric"]))}
     metric_order["setting"] = metric_order.get("val_top1_chosen", 98.0) + 0.5
     eval_rank = {e: i for i, e in enumerate(eval_order)}
     std_rows = df["metric"].str.endswith("_std") & df["metric"].str[:-4].isin(set(df["metric"]))
     main, stds = df[~std_rows], df[std_rows].assign(metric=lambda d: d["metric"].str[:-4])
     keys = [*idx_cols, *levels]
+    repeated = int(main.duplicated([*keys, *_RUN_KEYS], keep="last").sum())
     main = _latest_per_run(main, keys)
 
     def sort_key(col: tuple[str, ...]) -> tuple:
@@ -356,7 +372,9 @@ def build_table(df: pd.DataFrame, *, columns: Sequence[str] = ("dataset", "eval"
                 std[i, j] = a["std"] if a["runs"] > 1 else seed_std.get(key, np.nan)
     cols = [_column(levels, c, c in set_keys) for c in col_keys]
     names = ["backbone" if c == "label" else c for c in idx_cols]
-    return Table(names, row_keys, cols, mean, std, runs, text)
+    notes = [f"{repeated} rows left out: measured again in one run with nothing in their columns "
+             "to tell them apart (the last of each kept)"] if repeated else []
+    return Table(names, row_keys, cols, mean, std, runs, text, notes)
 
 
 def _column(levels: Sequence[str], key: tuple[str, ...], text: bool = False) -> Column:
