@@ -76,7 +76,7 @@ def check_knn_inputs(train: ImageSource, val: ImageSource, config: KnnConfig,
     needs_vectors(extract_opts, "k-NN")
     val = check_train_val(train, val, "k-NN")
     if max(config.ks) > len(train):
-        raise DinoevalError(f"--k {max(config.ks)} is larger than the bank: --train {train.spec} "
+        raise DinoevalError(f"--k {max(config.ks)} is larger than the train set: --train {train.spec} "
                             f"has {len(train):,} images; use --k values <= {len(train)} or more "
                             "train data")
     return train, val

@@ -120,7 +120,7 @@ def test_pixels_on_equal_size_folder_needs_no_pixel_size(tmp_path):
 
 @pytest.mark.parametrize(("args", "msg"), [
     (["--train", "digits:train[:100]", "--val", "digits:test[:10]", "--k", "101"],
-     "--k 101 is larger than the bank: --train digits:train[:100] has 100 images"),
+     "--k 101 is larger than the train set: --train digits:train[:100] has 100 images"),
     (["--train", "digits:train[:20]", "--val", "digits:test[:100]"],
      "--val classes 5, 6, 7 have no images in --train digits:train[:20]"),
     (["--train", "digits:train[:20]", "--val", "digits:test[:10]", "--feature", "patch"],
