@@ -121,6 +121,10 @@ class DemoConfig:
     batch_size: int = 256
     device: str = "cpu"
     seed: int = 0
+    # Dense evaluations (shapes only; None skips): video label propagation J&F, dense mIoU.
+    video: str | None = "moving-shapes@videos=2,frames=16"
+    dense_train: str | None = "shapes:train@n=200"
+    dense_test: str | None = "shapes:test@n=100"
 
     def __post_init__(self) -> None:
         at_least("--pretrain-epochs", self.pretrain_epochs, 1)
@@ -345,8 +349,11 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
     specs = [("DINO", ckpt), ("random init", f"random:{ckpt}"), ("pixels", "pixels")]
     frames: list[pd.DataFrame] = []
     attention_runs: list[Any] = []
+    video_runs: list[tuple[str, Any]] = []
+    patch = 8
     for role, spec in specs:
         backbone = load_backbone(spec, seed=config.seed)
+        patch = backbone.patch_size if backbone.kind == "vit" else patch  # pixels: DINO's grid
         notes += [f"{role}: {n}" for n in backbone.notes]
         b = _Backbone(role, backbone, _extract(backbone, train_src, config, progress, role),
                       _extract(backbone, test_src, config, progress, role))
@@ -369,6 +376,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
             run = _attention(b, test_src, config, progress)
             attention_runs.append((role, run))
             frames.append(attention_frame(run, test_src))
+        if config.data == "shapes":
+            frames += _dense_evals(backbone, role, config, patch, progress, video_runs)
     # Results name a shipped checkpoint by its path inside the package, not this machine's path.
     ckpt_shown = _display_path(ckpt)
     shown = {spec: spec.replace(ckpt, ckpt_shown) for _, spec in specs}
@@ -379,11 +388,22 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
     targets = check_targets(summary, config.data)
     files = write_outputs(out, frame, summary, targets, attention_runs, test_src, config, ds,
                           ckpt_shown)
+    if video_runs:
+        from dinoeval.report.video import write_video_report
+
+        files["video"] = write_video_report(out / "video" / "index.html", video_runs,
+                                            title=f"Label propagation on {config.video}")
     seconds = time.perf_counter() - t_start
     files["results.md"] = out / "results.md"
-    files["results.md"].write_text(summary_markdown(
-        summary, targets, ds=ds, ckpt=ckpt_shown, train=train_src.spec,
-        test=test_src.spec, seconds=seconds, peak_rss_mb=peak_rss_mb()))
+    md = summary_markdown(summary, targets, ds=ds, ckpt=ckpt_shown, train=train_src.spec,
+                          test=test_src.spec, seconds=seconds, peak_rss_mb=peak_rss_mb())
+    if config.data == "shapes" and (config.video or config.dense_train):
+        md += (f"\nDense evaluations: video J&F on `{config.video}` (DINO's DAVIS label "
+               "propagation: first + 7 previous frames, top-5 within 12 patches, T=0.1; pixels "
+               "use the DINO patch grid); dense mIoU fitted on "
+               f"`{config.dense_train}`, scored on `{config.dense_test}` (linear probe; k-NN "
+               "k=20 over at most 20,000 train patches). Overlay strips: `video/index.html`.\n")
+    files["results.md"].write_text(md)
     return DemoResult(frame=frame, summary=summary, targets=targets, files=files, notes=notes,
                       seconds=seconds)
 
@@ -408,6 +428,9 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str, str | None], ...] = (
     ("NC1", "neural_collapse", "nc1", None),
     ("attn Jaccard (mean of heads)", "attention", "jaccard", "head=mean"),
     ("attn Jaccard (best head)", "attention", "jaccard", "head=best"),
+    ("video J&F", "video-seg", "J&F-mean", None),  # the all-videos row comes first
+    ("dense linear mIoU", "dense-linear", "mIoU", None),
+    ("dense k-NN mIoU", "dense-knn", "mIoU", None),
 )
 
 
@@ -518,6 +541,27 @@ def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
         files["attention"] = _attention_report(out / "attention", attention_runs, test_src,
                                                config)
     return files
+
+
+def _dense_evals(backbone: Backbone, role: str, config: DemoConfig, patch: int,
+                 progress: ProgressFactory | None, video_runs: list[tuple[str, Any]]
+                 ) -> list[pd.DataFrame]:
+    """Video label propagation (J&F) and dense mIoU of one backbone, when configured."""
+    out = []
+    if config.video:
+        from dinoeval.pipeline.video_seg import VideoSegConfig, run_video_seg
+
+        run = run_video_seg(backbone, config.video, progress=progress, config=VideoSegConfig(
+            pixel_patch=patch, device=config.device))
+        video_runs.append((role, run))
+        out.append(run.frame)
+    if config.dense_train and config.dense_test:
+        from dinoeval.pipeline.dense import DenseConfig, run_dense
+
+        out.append(run_dense(backbone, config.dense_train, config.dense_test, progress=progress,
+                             config=DenseConfig(pixel_patch=patch, max_bank=20_000,
+                                                device=config.device)).frame)
+    return out
 
 
 def _attention_report(out: Path, runs: list[tuple[str, Any]], source: ImageSource,

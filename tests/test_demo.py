@@ -33,8 +33,11 @@ def tiny_ckpt(tmp_path: Path, seed: int) -> Path:
 
 
 def _small(ckpt: Path, **kw: object) -> DemoConfig:
+    dense = {"video": "moving-shapes@videos=1,frames=4,height=32,width=32",
+             "dense_train": "shapes:train@n=8,size=32", "dense_test": "shapes:test@n=4,size=32"}
     return DemoConfig(ckpt=str(ckpt), train=SMALL_TRAIN, test=SMALL_TEST, attention_images=12,
-                      report_images=2, linear_epochs=2, knn_ks=(5, 10), knn_k=10, **kw)
+                      report_images=2, linear_epochs=2, knn_ks=(5, 10), knn_k=10,
+                      **{**dense, **kw})
 
 
 def test_demo_runs_end_to_end_and_writes_every_file(tiny_ckpt: Path, tmp_path: Path) -> None:
@@ -43,11 +46,13 @@ def test_demo_runs_end_to_end_and_writes_every_file(tiny_ckpt: Path, tmp_path: P
     assert result.summary["backbone"].tolist() == ["DINO", "random init", "pixels"]
     for col in ("k-NN top-1", "linear top-1", "attn Jaccard (mean of heads)"):
         assert col in result.summary
+    for col in ("video J&F", "dense linear mIoU", "dense k-NN mIoU"):  # every backbone has one
+        assert col in result.summary and result.summary[col].between(0, 1).all(), col
     # pixels have no attention; both ViTs do
     jac = result.summary.set_index("backbone")["attn Jaccard (mean of heads)"]
     assert math.isnan(jac["pixels"]) and 0 <= jac["DINO"] <= 1 and 0 <= jac["random init"] <= 1
     for name in ("results.csv", "summary.csv", "results.md", "config.json", "report.html",
-                 "attention"):
+                 "attention", "video"):
         assert result.files[name].exists(), name
     stored = read_results(out / "results.csv")
     assert list(stored.columns) == list(COLUMNS)
