@@ -68,19 +68,8 @@ def forward_features(backbone: Backbone, x_BCHW: torch.Tensor, kind: str, *,
     """
     if backbone.kind == "pixels":
         return (x_BCHW[:, :1] if grayscale else x_BCHW).flatten(1)
-    model = backbone.model
-    assert model is not None
     n_last = 4 if kind == "cls-last4" else 1
-    depth = len(model.blocks)
-    x = model.patch_embed(x_BCHW)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    x = model.norm_pre(x)
-    outs = []
-    for i, blk in enumerate(model.blocks):
-        x = blk(x)
-        if i >= depth - n_last:
-            outs.append(model.norm(x))
+    outs = backbone.tokens(x_BCHW, n_last)
     last = outs[-1]
     npre = backbone.num_prefix_tokens
     if kind == "cls":

@@ -2,8 +2,10 @@
 
 A spec is one of:
 
-* a checkpoint path (any format :mod:`dinoeval.models.checkpoints` reads);
-* ``timm:NAME`` (a timm ViT; weights from ``weights=FILE`` or random init);
+* a checkpoint path (any format :mod:`dinoeval.models.checkpoints` reads, of any family in
+  :mod:`dinoeval.models.registry`);
+* ``timm:NAME`` (a timm ViT, DINOv3 ``vit_*_patch16_dinov3`` or ``xcit_*``; weights from
+  ``weights=FILE`` or random init);
 * ``random:ARCH`` (``random:vit_small_patch16_224``, ``random:vit_tiny_p4_28``, or a checkpoint's
   architecture when ``ARCH`` is a path), the random-init baseline;
 * ``pixels`` (raw pixels at the source's native resolution, or ``pixel_size``), the other baseline.
@@ -23,12 +25,27 @@ from dinoeval.checks import positive
 from dinoeval.errors import DinoevalError
 from dinoeval.models.checkpoints import RawCheckpoint, read_checkpoint
 from dinoeval.models.head import DINOHead, head_from_state_dict
-from dinoeval.models.vit import ViTArch, infer_arch, load_vit, parse_arch_name
+from dinoeval.models.registry import Adapter, BuildOptions, Built, detect_family, family_names
+from dinoeval.models.vit import (
+    VIT_ADAPTER,
+    ViTArch,
+    check_img_size,
+    heads_from_meta,
+    infer_arch,
+    parse_arch_name,
+)
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SPEC_HELP = ("a checkpoint file or folder (families: {families}), timm:NAME, random:ARCH "
+             "or pixels")
+
+
+def spec_help() -> str:
+    """What ``--ckpt`` accepts, naming the registered checkpoint families."""
+    return SPEC_HELP.format(families=family_names())
 
 
 @dataclass
@@ -37,21 +54,24 @@ class Backbone:
 
     Attributes:
         spec: what the user typed.
-        kind: ``"vit"`` or ``"pixels"``.
-        model: the timm ViT (``None`` for pixels), in eval mode.
-        arch: architecture (``None`` for pixels).
+        kind: ``"vit"`` (any network with tokens) or ``"pixels"``.
+        model: the network (``None`` for pixels), in eval mode.
+        arch: architecture (``None`` for pixels): ``name``, ``patch_size``, ``img_size`` (native),
+            ``reg_tokens``, ``embed_dim``, ``depth``, ``in_chans``.
         name: short architecture name for tables (``ViT-S/16``, ``pixels``).
         content_hash: hash of the checkpoint bytes, or of the spec for random/pixels.
         img_size: the input size features are computed at (``None``: the source's native size).
         head: the DINO head when the checkpoint carries one.
         center: the DINO loss center ``(1, K)`` when present.
         notes: what the loader ignored or converted.
+        family: the checkpoint family (see :mod:`dinoeval.models.registry`).
+        adapter: how to get tokens and attention from ``model``.
     """
 
     spec: str
     kind: str
     model: nn.Module | None
-    arch: ViTArch | None
+    arch: Any
     name: str
     content_hash: str
     img_size: tuple[int, int] | None
@@ -61,6 +81,8 @@ class Backbone:
     meta: dict[str, Any] = field(default_factory=dict)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    family: str = "dino"
+    adapter: Adapter = VIT_ADAPTER
 
     @property
     def patch_size(self) -> int:
@@ -70,6 +92,15 @@ class Backbone:
     def num_prefix_tokens(self) -> int:
         return 1 + (self.arch.reg_tokens if self.arch else 0)
 
+    @property
+    def in_chans(self) -> int:
+        return int(getattr(self.arch, "in_chans", 3)) if self.arch else 3
+
+    @property
+    def depth(self) -> int:
+        assert self.model is not None
+        return self.adapter.depth(self.model)
+
     def to(self, device: torch.device | str) -> Backbone:
         if self.model is not None:
             self.model.to(device)
@@ -77,13 +108,44 @@ class Backbone:
             self.head.to(device)
         return self
 
+    def fit_channels(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """A normalised RGB batch for a one-channel network: the channel mean, normalised with
+        the mean of ``mean``/``std`` (how ``attention`` feeds one-channel ViTs); else ``x``."""
+        if self.in_chans != 1 or x_BCHW.shape[1] == 1:
+            return x_BCHW
+        m = torch.tensor(self.mean, dtype=x_BCHW.dtype, device=x_BCHW.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, dtype=x_BCHW.dtype, device=x_BCHW.device).view(1, -1, 1, 1)
+        raw = (x_BCHW * s + m).mean(dim=1, keepdim=True)
+        return (raw - sum(self.mean) / 3) / (sum(self.std) / 3)
+
+    def tokens(self, x_BCHW: torch.Tensor, n_last: int = 1) -> list[torch.Tensor]:
+        """Final-norm tokens ``(B, T, D)`` of the last ``n_last`` blocks (class token first, then
+        ``num_prefix_tokens - 1`` register/storage tokens, then patches, row-major)."""
+        if self.model is None:
+            raise DinoevalError(f"{self.spec} has no tokens")
+        cap = self.adapter.max_blocks
+        if cap is not None and n_last > cap:
+            raise DinoevalError(f"{self.spec} ({self.family}) gives features of its last block "
+                                f"only; use --feature cls or cls+avgpool")
+        return self.adapter.tokens(self.model, self.fit_channels(x_BCHW), n_last)
+
+    def cls_attention(self, x_BCHW: torch.Tensor, block: int = -1) -> torch.Tensor:
+        """``(B, heads, H // p, W // p)`` CLS->patch attention of ``block`` (prefix tokens left
+        out); a one-line error for families without it."""
+        if self.model is None or self.adapter.no_attention:
+            why = self.adapter.no_attention or "raw pixels"
+            raise DinoevalError(f"{self.spec} has no attention maps ({why}); pass a ViT "
+                                "checkpoint, random:ARCH or timm:NAME")
+        return self.adapter.cls_attention(self.model, self.fit_channels(x_BCHW), block,
+                                          self.num_prefix_tokens)
+
 
 def load_backbone(
     spec: str,
     *,
     checkpoint_key: str = "teacher",
     weights: str | Path | None = None,
-    img_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
     num_heads: int | None = None,
     pixel_size: int | None = None,
     seed: int = 0,
@@ -94,63 +156,92 @@ def load_backbone(
         spec: checkpoint path, ``timm:NAME``, ``random:ARCH`` or ``pixels``.
         checkpoint_key: which network of a training checkpoint (``teacher`` or ``student``).
         weights: a state-dict file for ``timm:NAME``.
-        img_size: input size; position embeddings are interpolated when it differs.
+        img_size: input size ``N`` or ``(H, W)``; default: the family's evaluation resolution
+            (224 for DINOv2/DINOv3), else the native one. Position tables are resampled by the
+            family's rule.
         num_heads: override the heads-from-width table.
         pixel_size: resize images to this side for ``pixels`` (default: native size).
         seed: initialisation seed for ``random:``/``timm:`` without weights.
+
+    Raises:
+        DinoevalError: unreadable/unsafe file, no family recognises it, or bad sizes.
     """
-    for option, value in (("--img-size", img_size), ("--num-heads", num_heads),
+    sides = (img_size,) if img_size is None or isinstance(img_size, int) else tuple(img_size)
+    for option, value in (*(("--img-size", s) for s in sides), ("--num-heads", num_heads),
                           ("--pixel-size", pixel_size)):
         if value is not None:
             positive(option, value)
     if spec == "pixels":
         size = (pixel_size, pixel_size) if pixel_size else None
         return Backbone(spec=spec, kind="pixels", model=None, arch=None, name="pixels",
-                        content_hash=f"pixels-{pixel_size or 'native'}", img_size=size)
+                        content_hash=f"pixels-{pixel_size or 'native'}", img_size=size,
+                        family="pixels")
     if spec.startswith("random:"):
         return _random_backbone(spec, spec.split(":", 1)[1], img_size, num_heads, seed)
     if spec.startswith("timm:"):
-        return _timm_backbone(spec, spec.split(":", 1)[1], weights, img_size, num_heads, seed)
+        from dinoeval.models.timm_models import timm_backbone
+
+        return timm_backbone(spec, spec.split(":", 1)[1], weights, img_size, num_heads, seed)
     raw = read_checkpoint(spec, checkpoint_key=checkpoint_key)
     return backbone_from_raw(spec, raw, img_size=img_size, num_heads=num_heads)
 
 
-def backbone_from_raw(spec: str, raw: RawCheckpoint, *, img_size: int | None = None,
+def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def backbone_from_raw(spec: str, raw: RawCheckpoint, *, img_size: int | tuple[int, int] | None = None,
                       num_heads: int | None = None) -> Backbone:
-    """Build a :class:`Backbone` from an already-read checkpoint."""
-    heads = num_heads or _heads_from_meta(raw.meta)
-    arch = infer_arch(raw.backbone, num_heads=heads)
-    model, unexpected = load_vit(raw.backbone, arch, img_size=img_size)
-    notes = list(raw.notes)
-    if unexpected:
-        notes.append(f"unexpected keys ignored: {', '.join(unexpected[:10])}"
-                     f"{' ...' if len(unexpected) > 10 else ''}")
-    head = head_from_state_dict(raw.head).eval() if raw.head else None
+    """Build a :class:`Backbone` from an already-read checkpoint (its family detected)."""
+    fam = detect_family(raw.backbone, raw, spec)
+    built = fam.build(raw.backbone, raw, BuildOptions(num_heads=num_heads))
+    return assemble(spec, raw, built, fam.name, img_size)
+
+
+def assemble(spec: str, raw: RawCheckpoint, built: Built, family: str,
+             img_size: int | tuple[int, int] | None) -> Backbone:
+    """The :class:`Backbone` of a built network: input size chosen, head rebuilt, notes logged."""
+    arch = built.arch
+    check_img_size(img_size, arch.patch_size, arch.name)
+    notes = list(raw.notes) + list(built.notes)
+    if img_size is not None:
+        size = _pair(img_size)
+    elif built.eval_size is not None:
+        size = built.eval_size
+        notes.append(f"input {size[0]}x{size[1]} px: the {family} evaluation resolution (native "
+                     f"{arch.img_size[0]} px); --img-size N to change")
+    else:
+        size = tuple(arch.img_size)
+    head = None
+    if raw.head:
+        try:
+            head = head_from_state_dict(raw.head).eval()
+        except (KeyError, ValueError, RuntimeError, IndexError) as err:
+            notes.append(f"the DINO head could not be rebuilt ({str(err).splitlines()[0][:120]});"
+                         " commands that need it will say so")
     for n in notes:
         log.info("%s: %s", spec, n)
-    size = (img_size, img_size) if img_size else arch.img_size
-    return Backbone(spec=spec, kind="vit", model=model, arch=arch, name=arch.name,
+    return Backbone(spec=spec, kind="vit", model=built.model, arch=arch, name=arch.name,
                     content_hash=raw.content_hash, img_size=size, head=head, center=raw.center,
-                    notes=notes, meta={"format": raw.format, **raw.meta})
+                    notes=notes, meta={"format": raw.format, "family": family, **raw.meta},
+                    family=family, adapter=built.adapter)
 
 
-def _heads_from_meta(meta: dict[str, Any]) -> int | None:
-    if isinstance(meta.get("num_heads"), int):
-        return meta["num_heads"]
-    arch = meta.get("arch")
-    if isinstance(arch, str) and arch.startswith("vit_"):
-        try:
-            return parse_arch_name(arch.split("_patch")[0])["num_heads"]
-        except DinoevalError:
-            return None
-    return None
-
-
-def _random_backbone(spec: str, arch_name: str, img_size: int | None, num_heads: int | None,
-                     seed: int) -> Backbone:
+def _random_backbone(spec: str, arch_name: str, img_size: int | tuple[int, int] | None,
+                     num_heads: int | None, seed: int) -> Backbone:
     if Path(arch_name).exists():  # random init with a checkpoint's architecture
         raw = read_checkpoint(arch_name)
-        arch = infer_arch(raw.backbone, num_heads=num_heads or _heads_from_meta(raw.meta))
+        fam = detect_family(raw.backbone, raw, arch_name)
+        if fam.name not in ("dino", "dinov2", "dinoeval"):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                built = fam.build(raw.backbone, raw, BuildOptions(num_heads=num_heads))
+                _reinit(built.model)
+            raw = RawCheckpoint(backbone={}, format="random", content_hash="")
+            bb = assemble(spec, raw, built, fam.name, img_size)
+            bb.content_hash = f"random-{fam.name}-{bb.name}-seed{seed}"
+            return bb
+        arch = infer_arch(raw.backbone, num_heads=num_heads or heads_from_meta(raw.meta))
     else:
         kw = parse_arch_name(arch_name)
         if num_heads:
@@ -159,33 +250,18 @@ def _random_backbone(spec: str, arch_name: str, img_size: int | None, num_heads:
         arch = ViTArch(img_size=(s, s), **kw)
     from dinoeval.models.vit import build_vit
 
+    check_img_size(img_size, arch.patch_size, arch.name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_vit(arch, img_size=img_size).eval()
-    size = (img_size, img_size) if img_size else arch.img_size
+    size = _pair(img_size) if img_size else arch.img_size
     return Backbone(spec=spec, kind="vit", model=model, arch=arch, name=arch.name,
                     content_hash=f"random-{arch.name}-seed{seed}", img_size=size,
                     meta={"format": "random"})
 
 
-def _timm_backbone(spec: str, name: str, weights: str | Path | None, img_size: int | None,
-                   num_heads: int | None, seed: int) -> Backbone:
-    import timm
-
-    if not timm.is_model(name):
-        raise DinoevalError(f"timm has no model {name!r}; see timm.list_models('vit_*')")
-    if weights is not None:
-        raw = read_checkpoint(weights)
-        bb = backbone_from_raw(spec, raw, img_size=img_size, num_heads=num_heads)
-        bb.meta["timm_name"] = name
-        return bb
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        ref = timm.create_model(name, pretrained=False, num_classes=0)
-    state = ref.state_dict()
-    arch = infer_arch(state, num_heads=num_heads or getattr(ref.blocks[0].attn, "num_heads", None))
-    model, _ = load_vit(state, arch, img_size=img_size)
-    size = (img_size, img_size) if img_size else arch.img_size
-    return Backbone(spec=spec, kind="vit", model=model, arch=arch, name=arch.name,
-                    content_hash=f"timm-{name}-random-seed{seed}", img_size=size,
-                    meta={"format": "timm-random", "timm_name": name})
+def _reinit(model: nn.Module) -> None:
+    """Re-initialise every submodule that can (the random-init baseline of a non-ViT family)."""
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()

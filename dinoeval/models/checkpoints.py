@@ -71,20 +71,79 @@ def file_hash(path: str | Path, *, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_file(path: str | Path) -> Any:
-    """Load ``path`` with ``weights_only=True`` (safetensors by extension or magic)."""
+_DIR_NAMES = ("checkpoint.pth", "backbone.safetensors", "backbone.pth", "model.safetensors",
+              "pytorch_model.bin", "model_final.rank_0.pth", "teacher_checkpoint.pth")
+
+
+def _numpy_globals() -> list[Any]:
+    """numpy scalars and dtypes (``best_acc`` saved as ``np.float64`` is common): plain values,
+    allowed under both the numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) names."""
+    import numpy as np
+
+    try:
+        scalar = np._core.multiarray.scalar
+    except AttributeError:  # numpy 1
+        scalar = np.core.multiarray.scalar  # type: ignore[attr-defined]
+    out: list[Any] = [np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"),
+                      (scalar, "numpy._core.multiarray.scalar")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        out += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")
+                and isinstance(getattr(dtypes, n), type)]
+    return out
+
+
+def sniff_broken(path: Path) -> str | None:
+    """A one-line diagnosis of a file that cannot be a checkpoint, from its first bytes:
+    a Git LFS pointer, an HTML page, or a zip (``torch.save``) whose end is missing."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"version https://git-lfs"):
+        return (f"checkpoint {path} is a Git LFS pointer ({size} bytes), not the weights: run "
+                "`git lfs pull` (or download the file itself)")
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in text[:200]:
+        return (f"checkpoint {path} is an HTML page ({size} bytes), not a checkpoint (a login "
+                "or error page saved by the download?): download it again")
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            return (f"checkpoint {path} is a truncated zip ({size} bytes; its end is missing, "
+                    "an interrupted download or copy?): download or copy it again")
+    return None
+
+
+def resolve_path(path: str | Path) -> Path:
+    """The checkpoint file of ``path`` (a file, or a run / Hugging Face folder holding one)."""
     path = Path(path)
     if not path.exists():
         raise DinoevalError(f"checkpoint {path} not found; pass an existing file, "
                             "random:ARCH, timm:NAME or pixels")
     if path.is_dir():
-        for name in ("checkpoint.pth", "backbone.safetensors", "backbone.pth"):
-            if (path / name).exists():
-                return load_file(path / name)
-        raise DinoevalError(f"checkpoint {path} is a directory without checkpoint.pth")
+        for name in _DIR_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise DinoevalError(f"checkpoint {path} is a directory without a checkpoint (looked for "
+                            f"{', '.join(_DIR_NAMES)}); pass the checkpoint file itself")
+    return path
+
+
+def load_file(path: str | Path) -> Any:
+    """Load ``path`` with ``weights_only=True`` (safetensors by extension or magic).
+
+    Raises:
+        DinoevalError: missing, empty, broken (LFS pointer, HTML, truncated) or unreadable file.
+        UnsafeCheckpointError: it pickles objects outside the allow-list.
+    """
+    path = resolve_path(path)
     if path.stat().st_size == 0:
         raise DinoevalError(f"checkpoint {path} is an empty file (an interrupted copy or save?); "
                             "copy or write it again")
+    broken = sniff_broken(path)
+    if broken:
+        raise DinoevalError(broken)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as st_load
 
@@ -93,7 +152,8 @@ def load_file(path: str | Path) -> Any:
         except Exception as err:
             raise DinoevalError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+        with torch.serialization.safe_globals(SAFE_GLOBALS + _numpy_globals()), \
+                warnings.catch_warnings():
             # files saved with pickle protocol 4/5 load fine; torch warns about them regardless
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -109,6 +169,14 @@ def load_file(path: str | Path) -> Any:
         detail = next((ln for ln in lines if "Unsupported" in ln or "Error" in ln), lines[0])
         raise DinoevalError(f"checkpoint {path} cannot be read by torch.load ({detail.strip()}); "
                             "is it a PyTorch or safetensors checkpoint?") from None
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (empty when none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def _strip(state: dict[str, Any]) -> dict[str, Any]:
@@ -142,44 +210,104 @@ def _namespace_to_dict(args: Any) -> dict[str, Any]:
     return {}
 
 
+def _is_dinov2_train(obj: dict[str, Any]) -> bool:
+    model = obj.get("model")
+    return isinstance(model, dict) and any(
+        isinstance(k, str) and k.startswith(("teacher.backbone.", "student.backbone."))
+        for k in model)
+
+
+def _networks(obj: dict[str, Any]) -> list[str]:
+    return [k for k in ("teacher", "student") if isinstance(obj.get(k), dict)]
+
+
+def _dino_train(obj: dict[str, Any], key: str, source: str, meta: dict[str, Any],
+                notes: list[str]) -> tuple[dict[str, Any], torch.Tensor | None, str]:
+    """The ``key`` network of an official DINO (or this project's) training checkpoint."""
+    if key not in obj:
+        raise DinoevalError(f"checkpoint {source} has no {key!r} entry; "
+                            f"it has {sorted(k for k in obj if isinstance(obj[k], dict))}")
+    meta["networks"] = _networks(obj)
+    ignored = [k for k in obj if k not in (key, "args", "config", "dino_loss")]
+    if ignored:
+        notes.append(f"read {key!r}; ignored {', '.join(sorted(map(str, ignored)))}")
+    center = None
+    if isinstance(obj.get("dino_loss"), dict) and "center" in obj["dino_loss"]:
+        center = obj["dino_loss"]["center"]
+    meta.update(_namespace_to_dict(obj.get("args")))
+    fmt = "dino-train"
+    if isinstance(obj.get("config"), dict):
+        fmt = "dinoeval-pretrain"
+        meta.update(_namespace_to_dict(obj["config"]))
+        meta["config"] = obj["config"]
+    if "epoch" in obj:
+        meta["epoch"] = int(obj["epoch"])
+    return obj[key], center, fmt
+
+
+def _dinov2_train(obj: dict[str, Any], key: str, source: str, meta: dict[str, Any],
+                  notes: list[str]) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor | None]:
+    """DINOv2's ``model_final.rank_0.pth``: ``{"model": {"teacher.backbone.*",
+    "student.backbone.*", "teacher.dino_head.*", "teacher.ibot_head.*", "dino_loss.center",
+    ...}, "iteration": N, ...}`` -> (backbone, head, center) of network ``key``."""
+    model = obj["model"]
+    held = sorted({k.split(".")[0] for k in model if k.split(".")[0] in ("teacher", "student")})
+    if key not in held:
+        raise DinoevalError(f"checkpoint {source} has no {key!r} network; it holds "
+                            f"{', '.join(held)}: pass --checkpoint-key {held[0]}")
+    meta["networks"] = held
+    if "iteration" in obj:
+        meta["iteration"] = int(obj["iteration"])
+    bb_prefix, head_prefix = f"{key}.backbone.", f"{key}.dino_head."
+    state = {k[len(bb_prefix):]: v for k, v in model.items() if k.startswith(bb_prefix)}
+    head = {k[len(head_prefix):]: v for k, v in model.items() if k.startswith(head_prefix)}
+    center = model.get("dino_loss.center")
+    used = {k for k in model if k.startswith((bb_prefix, head_prefix))} | {"dino_loss.center"}
+    groups = sorted({".".join(k.split(".")[:2]) for k in model if k not in used})
+    others = sorted(str(k) for k in obj if k != "model")
+    notes.append(f"read {key!r} of a DINOv2 training checkpoint; ignored "
+                 f"{', '.join(groups + others) or 'nothing'}")
+    return state, head, center
+
+
 def split_checkpoint(obj: Any, *, checkpoint_key: str = "teacher", source: str = "") -> RawCheckpoint:
-    """Find the backbone (and head, center) inside a loaded checkpoint object."""
+    """Find the backbone (and head, center) inside a loaded checkpoint object.
+
+    Raises:
+        DinoevalError: no tensor state dict inside, or no ``checkpoint_key`` network.
+    """
+    from dinoeval.models.hf import convert_hf, is_hf
+
     if not isinstance(obj, dict):
         raise DinoevalError(f"checkpoint {source} holds a {type(obj).__name__}, not a state dict")
     notes: list[str] = []
     meta: dict[str, Any] = {}
     center = None
+    head: dict[str, Any] = {}
     fmt = "state_dict"
     state: Any = obj
-    if "teacher" in obj or "student" in obj:
-        fmt = "dino-train"
-        if checkpoint_key not in obj:
-            raise DinoevalError(f"checkpoint {source} has no {checkpoint_key!r} entry; "
-                                f"it has {sorted(k for k in obj if isinstance(obj[k], dict))}")
-        state = obj[checkpoint_key]
-        ignored = [k for k in obj if k not in (checkpoint_key, "args", "config", "dino_loss")]
-        if ignored:
-            notes.append(f"read {checkpoint_key!r}; ignored {', '.join(sorted(ignored))}")
-        if isinstance(obj.get("dino_loss"), dict) and "center" in obj["dino_loss"]:
-            center = obj["dino_loss"]["center"]
-        meta.update(_namespace_to_dict(obj.get("args")))
-        if isinstance(obj.get("config"), dict):
-            fmt = "dinoeval-pretrain"
-            meta.update(_namespace_to_dict(obj["config"]))
-            meta["config"] = obj["config"]
-        if "epoch" in obj:
-            meta["epoch"] = int(obj["epoch"])
+    if _is_dinov2_train(obj):
+        fmt = "dinov2-train"
+        state, head, center = _dinov2_train(obj, checkpoint_key, source, meta, notes)
+    elif "teacher" in obj or "student" in obj:
+        state, center, fmt = _dino_train(obj, checkpoint_key, source, meta, notes)
     else:
         for key in ("model", "state_dict", "model_state", "module"):
             if key in obj and isinstance(obj[key], dict):
                 state, fmt = obj[key], f"wrapped[{key}]"
                 break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(v, torch.Tensor) for v in state.values()):
         raise DinoevalError(f"checkpoint {source}: could not find a tensor state dict "
                             f"(top-level keys: {sorted(map(str, obj))[:8]})")
+    if is_hf(state):
+        state, hf_kind = convert_hf(state)
+        fmt = f"hf-{hf_kind}"
+        notes.append(f"converted Hugging Face {hf_kind} keys to the official layout")
     state = _unchunk(_strip(state))
-    head = {k[len("head."):]: v for k, v in state.items()
-            if k.startswith("head.") and ("mlp." in k or "last_layer" in k)}
+    if not head:
+        head = {k[len("head."):]: v for k, v in state.items()
+                if k.startswith("head.") and ("mlp." in k or "last_layer" in k)}
     if head:
         notes.append(f"found a DINO head ({len(head)} tensors): used by collapse statistics only")
     backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -190,18 +318,21 @@ def split_checkpoint(obj: Any, *, checkpoint_key: str = "teacher", source: str =
 
 
 def read_checkpoint(path: str | Path, *, checkpoint_key: str = "teacher") -> RawCheckpoint:
-    """Load ``path`` safely and split it; ``content_hash`` is the hash of the file's bytes."""
-    path = Path(path)
+    """Load ``path`` (a file or a folder holding one) safely and split it; ``content_hash`` is
+    the hash of the file's bytes."""
+    path = resolve_path(path)
     obj = load_file(path)
     raw = split_checkpoint(obj, checkpoint_key=checkpoint_key, source=str(path))
-    raw.content_hash = file_hash(path if path.is_file() else _resolve_dir(path))
     if path.suffix == ".safetensors":
+        meta = safetensors_metadata(path)
+        if meta.get("format", "").startswith("dinoeval"):  # pretrain's backbone.safetensors
+            raw.format = "dinoeval-pretrain"
+            raw.meta.update({k: v for k, v in meta.items() if k != "format"})
+    raw.content_hash = file_hash(path)
+    if raw.format.startswith("hf-"):
+        from dinoeval.models.hf import hf_config_meta
+
+        raw.meta.update(hf_config_meta(path))
+    if path.suffix == ".safetensors" and raw.format != "dinoeval-pretrain":
         raw.format = "safetensors" if raw.format == "state_dict" else f"safetensors/{raw.format}"
     return raw
-
-
-def _resolve_dir(path: Path) -> Path:
-    for name in ("checkpoint.pth", "backbone.safetensors", "backbone.pth"):
-        if (path / name).exists():
-            return path / name
-    return path

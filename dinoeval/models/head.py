@@ -100,9 +100,20 @@ class DINOHead(nn.Module):
 
 
 def head_from_state_dict(state: dict[str, torch.Tensor]) -> DINOHead:
-    """Rebuild a :class:`DINOHead` whose shapes match ``state`` (keys without the ``head.``)."""
+    """Rebuild a :class:`DINOHead` whose shapes match ``state`` (keys without the ``head.``).
+
+    An official ``nlayers=1`` head stores its MLP as a bare ``nn.Linear`` (``mlp.weight``,
+    ``mlp.bias``); it is read as this class's one-layer ``mlp.0``.
+
+    Raises:
+        ValueError: the tensors are not a DINO head (no ``mlp`` linear layer or ``last_layer``).
+    """
+    state = {("mlp.0." + k[4:] if k in ("mlp.weight", "mlp.bias") else k): v
+             for k, v in state.items()}
     linear_idx = sorted(int(k.split(".")[1]) for k in state if k.startswith("mlp.")
                         and k.endswith(".weight") and state[k].ndim == 2)
+    if not linear_idx or not any(k.startswith("last_layer.") for k in state):
+        raise ValueError(f"not a DINO head: keys {sorted(state)[:6]}")
     use_bn = any(k.startswith("mlp.") and k.endswith("running_mean") for k in state)
     first = state[f"mlp.{linear_idx[0]}.weight"]
     last = state[f"mlp.{linear_idx[-1]}.weight"]

@@ -31,7 +31,6 @@ from dinoeval.eval.attention import (
     AttentionMasks,
     JaccardResult,
     attention_masks,
-    cls_attention,
     prepare_image,
     score_masks,
 )
@@ -215,10 +214,13 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
     if backbone.kind != "vit" or backbone.model is None:
         raise DinoevalError(f"{backbone.spec} has no attention; pass a ViT checkpoint, "
                             "random:ARCH or timm:NAME")
+    if backbone.adapter.no_attention:
+        raise DinoevalError(f"{backbone.spec} has no attention maps "
+                            f"({backbone.adapter.no_attention})")
     model = backbone.to(config.device).model
     assert model is not None
     model.eval()
-    depth = len(model.blocks)
+    depth = backbone.depth
     if not -depth <= config.block < depth:
         raise DinoevalError(f"--block {config.block} out of range for {backbone.name} "
                             f"({depth} blocks: 0..{depth - 1}, or -1 for the last)")
@@ -243,9 +245,7 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
 def _extract(backbone: Backbone, images: list[np.ndarray], config: AttentionConfig,
              progress: Callable[[int], None] | None) -> tuple[list[np.ndarray], float]:
     """Per-image ``(heads, h, w)`` attention (images of one size are batched) and seconds."""
-    model = backbone.model
-    assert model is not None
-    in_chans = int(model.patch_embed.proj.in_channels)
+    in_chans = backbone.in_chans
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(images):
         by_shape.setdefault(img.shape, []).append(i)
@@ -255,8 +255,7 @@ def _extract(backbone: Backbone, images: list[np.ndarray], config: AttentionConf
         for b in range(0, len(group), config.batch_size):
             chunk = group[b:b + config.batch_size]
             x = _normalise([images[i] for i in chunk], backbone, in_chans).to(config.device)
-            attn = cls_attention(model, x, block=config.block,
-                                 num_prefix_tokens=backbone.num_prefix_tokens).cpu().numpy()
+            attn = backbone.cls_attention(x, config.block).cpu().numpy()
             for j, i in enumerate(chunk):
                 out[i] = attn[j]
             done += len(chunk)
