@@ -142,8 +142,9 @@ def write_results(df: pd.DataFrame, out: Path | None) -> None:
 from typing import Annotated  # noqa: E402
 
 CkptOpt = Annotated[list[str], typer.Option(
-    "--ckpt", "-c", help="Backbone: checkpoint file, timm:NAME, random:ARCH or pixels. "
-    "Repeat to compare several side by side.")]
+    "--ckpt", "-c", help="Backbone: a checkpoint file or folder (DINO v1, DINOv2, DINOv3, "
+    "XCiT, ResNet-50, Hugging Face exports, pretrain runs; `dinoeval inspect --families`), "
+    "timm:NAME, random:ARCH or pixels. Repeat to compare several side by side.")]
 CheckpointKeyOpt = Annotated[str, typer.Option(
     help="Which network of a DINO training checkpoint: teacher or student.")]
 WeightsOpt = Annotated[str | None, typer.Option(help="State-dict file for a timm:NAME backbone.")]

@@ -195,11 +195,11 @@ def backbone_from_raw(spec: str, raw: RawCheckpoint, *, img_size: int | tuple[in
     """Build a :class:`Backbone` from an already-read checkpoint (its family detected)."""
     fam = detect_family(raw.backbone, raw, spec)
     built = fam.build(raw.backbone, raw, BuildOptions(num_heads=num_heads))
-    return assemble(spec, raw, built, fam.name, img_size)
+    return assemble(spec, raw, built, fam.name, img_size, native=fam.native)
 
 
 def assemble(spec: str, raw: RawCheckpoint, built: Built, family: str,
-             img_size: int | tuple[int, int] | None) -> Backbone:
+             img_size: int | tuple[int, int] | None, native: str = "") -> Backbone:
     """The :class:`Backbone` of a built network: input size chosen, head rebuilt, notes logged."""
     arch = built.arch
     check_img_size(img_size, arch.patch_size, arch.name)
@@ -208,8 +208,10 @@ def assemble(spec: str, raw: RawCheckpoint, built: Built, family: str,
         size = _pair(img_size)
     elif built.eval_size is not None:
         size = built.eval_size
-        notes.append(f"input {size[0]}x{size[1]} px: the {family} evaluation resolution (native "
-                     f"{arch.img_size[0]} px); --img-size N to change")
+        where = (f"{arch.img_size[0]}x{arch.img_size[1]} px" if not native.startswith("any")
+                 else native.split(" (")[0])
+        notes.append(f"input {size[0]}x{size[1]} px: the {family} evaluation resolution "
+                     f"(native: {where}); --img-size N to change")
     else:
         size = tuple(arch.img_size)
     head = None
@@ -238,7 +240,7 @@ def _random_backbone(spec: str, arch_name: str, img_size: int | tuple[int, int] 
                 built = fam.build(raw.backbone, raw, BuildOptions(num_heads=num_heads))
                 _reinit(built.model)
             raw = RawCheckpoint(backbone={}, format="random", content_hash="")
-            bb = assemble(spec, raw, built, fam.name, img_size)
+            bb = assemble(spec, raw, built, fam.name, img_size, native=fam.native)
             bb.content_hash = f"random-{fam.name}-{bb.name}-seed{seed}"
             return bb
         arch = infer_arch(raw.backbone, num_heads=num_heads or heads_from_meta(raw.meta))

@@ -379,7 +379,7 @@ register_family(Family(
     summary="this project's pretrain checkpoints (checkpoint.pth with config, backbone.safetensors)",
     matches=lambda state, raw: _has_vit_keys(state) and raw.format == "dinoeval-pretrain",
     build=lambda state, raw, opts: _build(state, raw, opts, None),
-    native="the training crop", evaluation="native",
+    native="the position table's (the training crop)", evaluation="native",
     resampling="timm's resample_abs_pos_embed (bicubic, anti-aliased), as in training",
     order=10,
 ))

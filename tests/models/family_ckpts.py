@@ -232,12 +232,13 @@ def xcit_official(model) -> dict:
     return out
 
 
-def resnet_model(seed: int = 0):
-    """torchvision ResNet with bottlenecks, one block per stage (2048-d like ResNet-50)."""
-    from torchvision.models.resnet import Bottleneck, ResNet
+def resnet_model(seed: int = 0, *, bottleneck: bool = True):
+    """torchvision ResNet, one block per stage: bottlenecks (2048-d like ResNet-50), or basic
+    blocks (512-d, cheaper, for the command-line tests)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
     _seeded(seed)
-    model = ResNet(Bottleneck, [1, 1, 1, 1]).eval()
+    model = ResNet(Bottleneck if bottleneck else BasicBlock, [1, 1, 1, 1]).eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
