@@ -9,9 +9,17 @@ Formats detected (see DESIGN.md):
   chunked ``blocks.<chunk>.<i>``);
 * plain timm state dicts and ``{"model": ...}`` / ``{"state_dict": ...}`` wrappers;
 * ``.safetensors`` files;
-* this project's pretrain checkpoints (the official layout plus ``config``).
+* this project's pretrain checkpoints (the official layout plus ``config``);
+* DINOv2 training checkpoints (``model_final.rank_0.pth``: ``{"model": {"teacher.backbone.*",
+  "student.backbone.*", "teacher.dino_head.*", "dino_loss.center", ...}, "iteration"}``);
+* Hugging Face ``transformers`` exports (:mod:`dinoeval.models.hf`), files or export folders.
 
-Nothing is ever unpickled beyond tensors, containers and the allow-listed ``argparse.Namespace``:
+Which network the tensors describe (DINO v1 ViT, DINOv2, DINOv3, XCiT, ResNet) is decided by the
+family registry (:mod:`dinoeval.models.registry`). Broken downloads (a Git LFS pointer, an HTML
+page, a truncated zip) are named before ``torch.load`` sees them (:func:`sniff_broken`).
+
+Nothing is ever unpickled beyond tensors, containers, the allow-listed ``argparse.Namespace`` and
+numpy scalars / dtypes:
 a pickle that would run code raises :class:`UnsafeCheckpointError`.
 """
 
