@@ -38,7 +38,7 @@ from dinoeval.models.backbone import Backbone
 log = logging.getLogger(__name__)
 
 FEATURE_KINDS = ("cls", "cls-last4", "cls+avgpool", "cls+avgpool-v2", "patch", "cls+gem")
-FEATURE_CODE_VERSION = "3"  # 2: pixels of grayscale keep one channel; 3: torchvision resize
+FEATURE_CODE_VERSION = "4"  # 2: gray pixels 1 channel; 3: torchvision resize; 4: pos rules
 
 
 def make_transform(backbone: Backbone, source: ImageSource,

@@ -210,8 +210,10 @@ def assemble(spec: str, raw: RawCheckpoint, built: Built, family: str,
         size = built.eval_size
         where = (f"{arch.img_size[0]}x{arch.img_size[1]} px" if not native.startswith("any")
                  else native.split(" (")[0])
-        notes.append(f"input {size[0]}x{size[1]} px: the {family} evaluation resolution "
-                     f"(native: {where}); --img-size N to change")
+        chosen = (f"input {size[0]}x{size[1]} px: the {family} evaluation resolution "
+                  f"(native: {where}); --img-size N to change")
+        log.warning("%s: %s", spec, chosen)  # shown by every command: a default worth seeing
+        notes.append(chosen)
     else:
         size = tuple(arch.img_size)
     head = None
