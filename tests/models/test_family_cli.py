@@ -74,7 +74,7 @@ def test_every_command_runs_on_every_family(ckpts, family, tmp_path):
 def test_inspect_describes_a_dinov2_training_checkpoint(ckpts):
     r = runner.invoke(app, ["inspect", ckpts["dinov2-train"], "--json"])
     assert r.exit_code == 0, r.output
-    info = json.loads(r.output)
+    info = json.loads(r.stdout)  # stderr carries the chosen-resolution warning
     assert info["family"] == "dinov2" and info["format"] == "dinov2-train"
     assert info["networks"] == ["student", "teacher"] and info["network_read"] == "teacher"
     assert info["iteration"] == 10 and info["register_tokens"] == 2 and info["patch_size"] == 4
