@@ -27,7 +27,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "dinoeval.cli.attention",
     "dinoeval.cli.demo",
-    "dinoeval.cli.inspect",
+    "dinoeval.cli.inspect_ckpt",
     "dinoeval.cli.knn",
     "dinoeval.cli.pretrain",
     "dinoeval.cli.report",

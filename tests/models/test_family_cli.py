@@ -89,8 +89,8 @@ def test_inspect_describes_a_dinov2_training_checkpoint(ckpts):
 def test_broken_download_is_one_line_exit_2(tmp_path):
     p = tmp_path / "dinov2_vitb14.pth"
     p.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
-    for args in (["inspect", str(p)], ["knn", "--ckpt", str(p), "--train", "digits:train[:20]",
-                                       "--val", "digits:test[:10]"]):
+    for args in (["inspect", str(p)], ["knn", "--ckpt", str(p), "--train", "digits:train[:40]",
+                                       "--val", "digits:test[:20]", "--k", "5"]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and "git lfs pull" in r.output, r.output
         assert len([ln for ln in r.output.splitlines() if ln.startswith("error:")]) == 1

@@ -1,4 +1,5 @@
-"""``dinoeval inspect CKPT``: what a checkpoint is, before evaluating it."""
+"""``dinoeval inspect CKPT``: what a checkpoint is, before evaluating it (not named inspect.py:
+the package imports the standard library's ``inspect``, which a submodule of that name would shadow)."""
 
 from __future__ import annotations
 
