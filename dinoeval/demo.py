@@ -24,16 +24,28 @@ import numpy as np
 import pandas as pd
 
 from dinoeval.checks import at_least, check_device, check_output_dir, positive
-from dinoeval.data import get_source
-from dinoeval.data._base import ImageSource
+from dinoeval.data import ImageSource, get_source
 from dinoeval.errors import DinoevalError
-from dinoeval.features import FeatureSet, extract_features
+from dinoeval.eval.linear import LinearProbeConfig
+from dinoeval.features import FeatureSet
 from dinoeval.models import Backbone, load_backbone
+from dinoeval.pipeline.attention import (
+    AttentionConfig,
+    attention_frame,
+    image_captions,
+    mask_provider,
+    run_attention,
+)
+from dinoeval.pipeline.clusters import ClusterConfig, evaluate_clusters
+from dinoeval.pipeline.collapse import CollapseConfig, evaluate_collapse, evaluate_neural_collapse
+from dinoeval.pipeline.knn import KnnConfig, evaluate_knn
+from dinoeval.pipeline.linear import evaluate_linear
+from dinoeval.pipeline.setup import ExtractOptions, ProgressFactory, context_for, get_features
+from dinoeval.report.html import write_attention_report, write_results_report
 from dinoeval.results import Context, Row, concat, to_frame
 
 log = logging.getLogger(__name__)
 
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
 EventFn = Callable[[str, dict[str, Any]], None]
 
 ASSETS = Path(__file__).parent / "assets" / "checkpoints"
@@ -191,37 +203,6 @@ def shipped_checkpoint(data: str) -> Path:
     return path
 
 
-def compact_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True) -> Path:
-    """Write the parts of a DINO training checkpoint that evaluation needs, compactly.
-
-    Keeps the teacher (backbone and head), the loss center, the config and the epoch/step, in the
-    official layout (``{"teacher": ..., "dino_loss": {"center": ...}, ...}``) so every reader
-    still recognises it; drops the student and optimiser. ``half`` stores float tensors as
-    float16 (the loader casts them back to float32): about 2 bytes per parameter.
-    """
-    import torch
-
-    from dinoeval.models.checkpoints import load_file
-
-    obj = load_file(Path(src))
-    if not isinstance(obj, dict) or "teacher" not in obj:
-        raise DinoevalError(f"{src} is not a DINO training checkpoint (no 'teacher' entry)")
-
-    def small(t: torch.Tensor) -> torch.Tensor:
-        return t.half() if half and t.is_floating_point() else t
-
-    out: dict[str, Any] = {"teacher": {k: small(v) for k, v in obj["teacher"].items()}}
-    if isinstance(obj.get("dino_loss"), dict) and "center" in obj["dino_loss"]:
-        out["dino_loss"] = {"center": obj["dino_loss"]["center"].float()}
-    for key in ("config", "epoch"):
-        if key in obj:
-            out[key] = obj[key]
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, dst)
-    return dst
-
-
 # ---------------------------------------------------------------------------------- pretrain
 
 
@@ -259,76 +240,60 @@ class _Backbone:
     test: FeatureSet
 
 
-def _context(b: _Backbone, source: ImageSource) -> Context:
-    return Context(backbone=b.backbone.spec, ckpt_hash=b.backbone.content_hash,
-                   arch=b.backbone.name, dataset=source.name, split=source.split,
-                   feature="pixels" if b.backbone.kind == "pixels" else "cls")
+def _frame(rows: list[Row], ctx: Context, t0: float) -> pd.DataFrame:
+    return to_frame(rows, ctx, seconds=time.perf_counter() - t0)
 
 
-def _frame(rows: list[Row], b: _Backbone, source: ImageSource, t0: float) -> pd.DataFrame:
-    return to_frame(rows, _context(b, source), seconds=time.perf_counter() - t0)
+def _evaluate(b: _Backbone, train_src: ImageSource, test_src: ImageSource, cfg: DemoConfig,
+              c: int, notes: list[str]) -> list[pd.DataFrame]:
+    """Every evaluation of one backbone on the features in hand, through the shared runners.
 
-
-def _knn(b: _Backbone, cfg: DemoConfig, c: int) -> list[Row]:
-    from dinoeval.eval.knn import knn_classify
-
+    Each row names the split it measured: k-NN, the linear probe, clustering and the collapse
+    statistics score the test features; neural collapse is a property of the training features
+    (and of the probe fitted on them), so its rows say ``split=train``.
+    """
+    s = cfg.seed
+    test_ctx = context_for(b.backbone, test_src, "cls")
+    frames = []
+    t0 = time.perf_counter()
     ks = tuple(k for k in cfg.knn_ks if k <= len(b.train)) or (min(len(b.train), cfg.knn_k),)
-    res = knn_classify(b.train.features, b.train.labels, b.test.features, b.test.labels, ks=ks,
-                       num_classes=c)
-    return res.to_rows()
-
-
-def _linear(b: _Backbone, cfg: DemoConfig, c: int) -> tuple[list[Row], Any]:
-    from dinoeval.eval.linear import LinearProbeConfig, linear_probe
-
-    res = linear_probe(b.train.features, b.train.labels, b.test.features, b.test.labels,
-                       config=LinearProbeConfig(epochs=cfg.linear_epochs, seed=cfg.seed),
-                       num_classes=c, device=cfg.device)
-    return res.to_rows(), res
-
-
-def _clusters(b: _Backbone, cfg: DemoConfig, c: int) -> list[Row]:
-    from dinoeval.eval.clusters import cluster_scores
-
+    frames.append(_frame(evaluate_knn(b.train, b.test, KnnConfig(ks=ks), num_classes=c)
+                         .to_rows(), test_ctx, t0))
+    t0 = time.perf_counter()
+    probe = evaluate_linear(b.train, b.test, LinearProbeConfig(epochs=cfg.linear_epochs, seed=s),
+                            num_classes=c, device=cfg.device)
+    frames.append(_frame(probe.to_rows(), test_ctx, t0))
+    t0 = time.perf_counter()
     # Spherical k-means: the same cosine geometry as the k-NN.
-    res = cluster_scores(b.test.features, b.test.labels, k=c, spherical=True,
-                         seeds=(cfg.seed, cfg.seed + 1, cfg.seed + 2), seed=cfg.seed)
-    return res.to_rows()
+    clusters = ClusterConfig(k=c, spherical=True, seeds=(s, s + 1, s + 2), seed=s)
+    frames.append(_frame(evaluate_clusters(b.test, clusters).to_rows(), test_ctx, t0))
+    if b.train.dim > MAX_STATS_DIM:
+        notes.append(f"{b.role}: collapse statistics skipped ({b.train.dim:,} dims > "
+                     f"{MAX_STATS_DIM:,}: the D x D eigen-decomposition takes minutes)")
+        return frames
+    collapse = CollapseConfig(seed=s)
+    t0 = time.perf_counter()
+    frames.append(_frame(evaluate_collapse(b.test, collapse).to_rows(), test_ctx, t0))
+    t0 = time.perf_counter()
+    nc = evaluate_neural_collapse(b.train, collapse, probe=probe, num_classes=c)
+    frames.append(_frame(nc.to_rows(), context_for(b.backbone, train_src, "cls"), t0))
+    return frames
 
 
-def _collapse(b: _Backbone, probe: Any, cfg: DemoConfig, c: int) -> list[Row]:
-    from dinoeval.eval.collapse import collapse_stats
-    from dinoeval.eval.neural_collapse import neural_collapse
-
-    rows = collapse_stats(b.test.features, seed=cfg.seed).to_rows()
-    rows += neural_collapse(b.train.features, b.train.labels, weight=probe.weight,
-                            bias=probe.bias, num_classes=c).to_rows()
-    return rows
+def _prefixed(progress: ProgressFactory | None, role: str) -> ProgressFactory | None:
+    """Progress bars titled with the backbone's role (DINO and random init share an arch)."""
+    if progress is None:
+        return None
+    return lambda description, total: progress(f"{role}: {description}", total)
 
 
 def _attention(b: _Backbone, source: ImageSource, cfg: DemoConfig,
                progress: ProgressFactory | None) -> Any:
-    from dinoeval.pipeline.attention import AttentionConfig, run_attention
-
     n = min(cfg.attention_images, len(source))
     indices = np.arange(n)
     cb = progress(f"attention {b.role}", n) if progress else None
     return run_attention(b.backbone, source, indices,
                          AttentionConfig(device=cfg.device, batch_size=64), progress=cb)
-
-
-def _has_ground_truth(source: ImageSource) -> bool:
-    """Masks to score attention against: shapes' own, Fashion-MNIST's non-zero pixels."""
-    from dinoeval.pipeline.attention import mask_provider
-
-    return mask_provider(source) is not None
-
-
-def _extract(backbone: Backbone, source: ImageSource, cfg: DemoConfig,
-             progress: ProgressFactory | None, role: str) -> FeatureSet:
-    cb = progress(f"{role}: features of {source.spec}", len(source)) if progress else None
-    return extract_features(backbone, source, kind="cls", batch_size=cfg.batch_size,
-                            device=cfg.device, progress=cb)
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFactory | None = None,
@@ -347,6 +312,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
     c = max(len(train_src.classes), len(test_src.classes))
 
     specs = [("DINO", ckpt), ("random init", f"random:{ckpt}"), ("pixels", "pixels")]
+    extract = ExtractOptions(feature="cls", batch_size=config.batch_size, device=config.device)
     frames: list[pd.DataFrame] = []
     attention_runs: list[Any] = []
     video_runs: list[tuple[str, Any]] = []
@@ -355,24 +321,12 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
         backbone = load_backbone(spec, seed=config.seed)
         patch = backbone.patch_size if backbone.kind == "vit" else patch  # pixels: DINO's grid
         notes += [f"{role}: {n}" for n in backbone.notes]
-        b = _Backbone(role, backbone, _extract(backbone, train_src, config, progress, role),
-                      _extract(backbone, test_src, config, progress, role))
-        t0 = time.perf_counter()
-        frames.append(_frame(_knn(b, config, c), b, test_src, t0))
-        t0 = time.perf_counter()
-        linear_rows, probe = _linear(b, config, c)
-        frames.append(_frame(linear_rows, b, test_src, t0))
-        t0 = time.perf_counter()
-        frames.append(_frame(_clusters(b, config, c), b, test_src, t0))
-        if b.train.dim <= MAX_STATS_DIM:
-            t0 = time.perf_counter()
-            frames.append(_frame(_collapse(b, probe, config, c), b, test_src, t0))
-        else:
-            notes.append(f"{role}: collapse statistics skipped ({b.train.dim:,} dims > "
-                         f"{MAX_STATS_DIM:,}: the D x D eigen-decomposition takes minutes)")
-        if backbone.kind == "vit" and config.attention_images > 0 and _has_ground_truth(test_src):
-            from dinoeval.pipeline.attention import attention_frame
-
+        pf = _prefixed(progress, role)
+        b = _Backbone(role, backbone, get_features(backbone, train_src, extract, pf),
+                      get_features(backbone, test_src, extract, pf))
+        frames += _evaluate(b, train_src, test_src, config, c, notes)
+        if (backbone.kind == "vit" and config.attention_images > 0
+                and mask_provider(test_src) is not None):
             run = _attention(b, test_src, config, progress)
             attention_runs.append((role, run))
             frames.append(attention_frame(run, test_src))
@@ -529,14 +483,9 @@ def write_outputs(out: Path, frame: pd.DataFrame, summary: pd.DataFrame,
         {"demo": dataclasses.asdict(config), "ckpt": ckpt,
          "train": config.train or ds.train, "test": config.test or ds.test}, indent=1,
         default=str))
-    try:
-        from dinoeval.report.html import write_results_report
-    except ImportError as err:  # the report module is optional while it is being written
-        log.warning("report.html skipped: %s", err)
-    else:
-        log_csv = out / "pretrain" / "log.csv"
-        files["report.html"] = write_results_report(
-            frame, out / "report.html", pretrain_log=log_csv if log_csv.exists() else None)
+    log_csv = out / "pretrain" / "log.csv"
+    files["report.html"] = write_results_report(
+        frame, out / "report.html", pretrain_log=log_csv if log_csv.exists() else None)
     if attention_runs:
         files["attention"] = _attention_report(out / "attention", attention_runs, test_src,
                                                config)
@@ -566,9 +515,6 @@ def _dense_evals(backbone: Backbone, role: str, config: DemoConfig, patch: int,
 
 def _attention_report(out: Path, runs: list[tuple[str, Any]], source: ImageSource,
                       config: DemoConfig) -> Path:
-    from dinoeval.pipeline.attention import image_captions
-    from dinoeval.report.html import write_attention_report
-
     n = min(config.report_images, len(runs[0][1].masks))
     trimmed = [dataclasses.replace(r, label=role, indices=r.indices[:n], images=r.images[:n],
                                    targets=r.targets[:n], masks=r.masks[:n])

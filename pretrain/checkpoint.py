@@ -122,3 +122,32 @@ def _check_plain(obj: Any, where: str) -> None:
     elif not isinstance(obj, _PLAIN):
         raise TypeError(f"{where} is a {type(obj).__name__}; checkpoints hold only tensors, "
                         "containers and plain values")
+
+
+def compact_checkpoint(src: str | Path, dst: str | Path, *, half: bool = True) -> Path:
+    """Write the parts of a DINO training checkpoint that evaluation needs, compactly.
+
+    Keeps the teacher (backbone and head), the loss center, the config and the epoch/step, in the
+    official layout (``{"teacher": ..., "dino_loss": {"center": ...}, ...}``) so every reader
+    still recognises it; drops the student and optimiser. ``half`` stores float tensors as
+    float16 (the loader casts them back to float32): about 2 bytes per parameter.
+    """
+    from dinoeval.models.checkpoints import load_file
+
+    obj = load_file(Path(src))
+    if not isinstance(obj, dict) or "teacher" not in obj:
+        raise DinoevalError(f"{src} is not a DINO training checkpoint (no 'teacher' entry)")
+
+    def small(t: torch.Tensor) -> torch.Tensor:
+        return t.half() if half and t.is_floating_point() else t
+
+    out: dict[str, Any] = {"teacher": {k: small(v) for k, v in obj["teacher"].items()}}
+    if isinstance(obj.get("dino_loss"), dict) and "center" in obj["dino_loss"]:
+        out["dino_loss"] = {"center": obj["dino_loss"]["center"].float()}
+    for key in ("config", "epoch"):
+        if key in obj:
+            out[key] = obj[key]
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, dst)
+    return dst

@@ -56,7 +56,7 @@ def resolve_device(spec: str, env: DistEnv) -> torch.device:
 
 @contextlib.contextmanager
 def distributed_cleanup() -> Iterator[None]:
-    """Destroy the process group on exit (for ``python -m pretrain`` under torchrun)."""
+    """Destroy the process group on exit (for ``python -m dinoeval pretrain`` under torchrun)."""
     try:
         yield
     finally:

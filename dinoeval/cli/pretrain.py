@@ -1,4 +1,4 @@
-"""``dinoeval pretrain`` (also ``python -m pretrain``, which ``torchrun`` launches)."""
+"""``dinoeval pretrain`` (also ``python -m dinoeval pretrain``, which ``torchrun`` launches)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def pretrain(
       dinoeval pretrain --data fashion-mnist:train --arch vit_tiny --patch-size 4 --epochs 50
           --out runs/fm2
       dinoeval pretrain --resume runs/fm
-      torchrun --nproc-per-node 8 -m pretrain --data imagefolder:/data/in1k/train
+      torchrun --nproc-per-node 8 -m dinoeval pretrain --data imagefolder:/data/in1k/train
           --arch vit_small --out runs/in1k
     """
     from pretrain.config import recipe_config

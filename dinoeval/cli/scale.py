@@ -62,7 +62,7 @@ def extract_sharded(
     --world-size (the call that completes the set merges). Rerunning extracts only missing shards.
     On CUDA use --precision bf16 and a large --batch-size. Example:
 
-      torchrun --nproc_per_node 8 $(which dinoeval) extract-sharded --ckpt dino.pth
+      torchrun --nproc_per_node 8 -m dinoeval extract-sharded --ckpt dino.pth
       --data imagefolder:/data/imagenet/train --out feats/ --device cuda --precision bf16
       --batch-size 512
     """
@@ -169,8 +169,3 @@ def register(app: typer.Typer) -> None:
     app.command("extract-sharded")(extract_sharded)
     app.command("knn-bank")(knn_bank)
 
-
-if __name__ == "__main__":  # torchrun -m dinoeval.cli.scale extract-sharded ...
-    from dinoeval.cli import app as _app
-
-    _app()

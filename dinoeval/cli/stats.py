@@ -199,15 +199,10 @@ def collapse_stats(
       dinoeval collapse-stats --ckpt runs/fm/checkpoint.pth --ckpt random:vit_tiny_p4_28
       --data fashion-mnist:train
     """
-    from dinoeval.errors import DinoevalError
     from dinoeval.pipeline import ExtractOptions
     from dinoeval.pipeline.collapse import CollapseConfig, run_collapse_stats_kinds
 
     with user_errors():
-        if align_pairs < 0:
-            raise DinoevalError(f"--align-pairs must be >= 0, got {align_pairs}")
-        if teacher_temp is not None and teacher_temp <= 0:
-            raise DinoevalError(f"--teacher-temp must be > 0, got {teacher_temp}")
         bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
                                  ckpts=ckpt)
         kinds = list(dict.fromkeys(feature or ["cls"]))

@@ -19,6 +19,8 @@ from dinoeval.pipeline.attention import (
 from dinoeval.pipeline.clusters import ClusterConfig, evaluate_clusters, run_clusters
 from dinoeval.pipeline.collapse import (
     CollapseConfig,
+    evaluate_collapse,
+    evaluate_neural_collapse,
     run_collapse_stats,
     run_collapse_stats_kinds,
 )
@@ -64,9 +66,11 @@ __all__ = [
     "attention_frame",
     "context_for",
     "evaluate_clusters",
+    "evaluate_collapse",
     "evaluate_copy_detection",
     "evaluate_knn",
     "evaluate_linear",
+    "evaluate_neural_collapse",
     "evaluate_retrieval",
     "get_features",
     "run_attention",

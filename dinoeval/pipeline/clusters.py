@@ -30,30 +30,45 @@ from dinoeval.results import to_frame
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
-    """k-means settings (see :func:`~dinoeval.eval.clusters.cluster_scores`)."""
+    """k-means settings (see :func:`~dinoeval.eval.clusters.cluster_scores`).
+
+    Attributes:
+        k: clusters (``None``: one per class present).
+        seeds: one k-means run per seed; the rows give the mean and std over them.
+        spherical: cosine k-means on L2-normalised features.
+        niter: Lloyd iterations per run.
+        silhouette_samples: rows behind the silhouette (seeded sample; 0 skips it).
+        seed: seed of the silhouette sample.
+    """
 
     k: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     spherical: bool = False
     niter: int = 50
     silhouette_samples: int = 10000
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 2:
             raise DinoevalError(f"--k must be >= 2 clusters (or left out: one per class), got "
                                 f"{self.k}")
-        if not self.seeds or self.niter < 1:
-            raise DinoevalError("k-means needs at least one seed and one iteration")
+        if not self.seeds:
+            raise DinoevalError("--seeds must be >= 1: k-means needs at least one run")
+        if self.niter < 1:
+            raise DinoevalError(f"k-means needs at least one iteration, got niter={self.niter}")
         if self.silhouette_samples < 0:
             raise DinoevalError(f"--silhouette-samples must be >= 0 (0 skips the silhouette), "
                                 f"got {self.silhouette_samples}")
+        if self.seed < 0 or any(s < 0 for s in self.seeds):
+            raise DinoevalError(f"seeds must be >= 0, got seed={self.seed} and seeds="
+                                f"{self.seeds}")
 
 
 def evaluate_clusters(fs: FeatureSet, config: ClusterConfig = ClusterConfig()) -> ClusterResult:
     """k-means of features in hand, scored against their labels."""
     return cluster_scores(fs.features, labelled(fs, "clustering scores"), k=config.k,
                           seeds=config.seeds, spherical=config.spherical, niter=config.niter,
-                          silhouette_samples=config.silhouette_samples)
+                          silhouette_samples=config.silhouette_samples, seed=config.seed)
 
 
 def run_clusters(ckpt: str, data: str | ImageSource, *,

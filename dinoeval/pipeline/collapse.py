@@ -1,7 +1,8 @@
 """The collapse-stats runner: SSL-collapse and neural-collapse statistics of one backbone.
 
-:func:`run_collapse_stats` resolves a backbone spec and a data spec, extracts (or reads cached)
-features, calls the pure cores of :mod:`dinoeval.eval` and returns a
+:func:`evaluate_collapse` and :func:`evaluate_neural_collapse` measure features already in hand
+(what the demo shares); :func:`run_collapse_stats` resolves a backbone spec and a data spec,
+extracts (or reads cached) features, calls the pure cores of :mod:`dinoeval.eval` and returns a
 :class:`~dinoeval.pipeline.setup.Run` whose ``frame`` is a results table (:mod:`dinoeval.results`).
 
 ``collapse-stats`` looks in several places (the ``feature`` column of its rows says which):
@@ -29,7 +30,8 @@ import torch
 
 from dinoeval.data import ImageSource
 from dinoeval.errors import DinoevalError
-from dinoeval.eval._moments import accumulate
+from dinoeval.eval._moments import Moments, accumulate
+from dinoeval.eval._validation import check_labels
 from dinoeval.eval.clusters import cluster_agreement
 from dinoeval.eval.collapse import (
     CollapseStats,
@@ -38,8 +40,8 @@ from dinoeval.eval.collapse import (
     collapse_stats_from_moments,
     uniformity,
 )
-from dinoeval.eval.linear import LinearProbeConfig, linear_probe
-from dinoeval.eval.neural_collapse import nc4, neural_collapse_from_moments
+from dinoeval.eval.linear import LinearProbeConfig, LinearProbeResult, linear_probe
+from dinoeval.eval.neural_collapse import NeuralCollapseStats, nc4, neural_collapse_from_moments
 from dinoeval.features import FeatureSet
 from dinoeval.models import Backbone
 from dinoeval.pipeline.setup import (
@@ -50,6 +52,7 @@ from dinoeval.pipeline.setup import (
     as_source,
     context_for,
     get_features,
+    labelled,
 )
 from dinoeval.pipeline.setup import notes as notes_of
 from dinoeval.results import Context, Row, concat, to_frame
@@ -86,6 +89,12 @@ class CollapseConfig:
     def __post_init__(self) -> None:
         if self.seed < 0:
             raise DinoevalError(f"--seed must be >= 0, got {self.seed}")
+        if self.align_pairs < 0:
+            raise DinoevalError(f"--align-pairs must be >= 0, got {self.align_pairs}")
+        if self.teacher_temp is not None and self.teacher_temp <= 0:
+            raise DinoevalError(f"--teacher-temp must be > 0, got {self.teacher_temp}")
+        if self.student_temp <= 0:
+            raise DinoevalError(f"student_temp must be > 0, got {self.student_temp}")
         if self.head_batch < 1 or self.uniformity_samples < 2:
             raise DinoevalError("head_batch must be >= 1 and uniformity_samples >= 2")
 
@@ -154,29 +163,64 @@ def _head_pass(head: torch.nn.Module, cls_features: np.ndarray, *, batch: int, d
     return np.concatenate(out)
 
 
+def _collapse_from(m: Moments, x: np.ndarray, views: tuple[np.ndarray, np.ndarray] | None,
+                   cfg: CollapseConfig) -> CollapseStats:
+    base = collapse_stats_from_moments(m)
+    return replace(base, alignment=alignment(*views) if views is not None else None,
+                   uniformity=uniformity(x, max_samples=cfg.uniformity_samples, seed=cfg.seed),
+                   n_pairs=None if views is None else len(views[0]),
+                   n_uniformity=min(len(x), cfg.uniformity_samples))
+
+
+def _neural_from(m: Moments, x: np.ndarray, labels: np.ndarray, cfg: CollapseConfig,
+                 probe: LinearProbeResult | None) -> tuple[NeuralCollapseStats, LinearProbeResult]:
+    if probe is None:
+        probe = linear_probe(x, labels, x, labels, config=cfg.probe)  # only W is used
+    ncs = neural_collapse_from_moments(m, weight=probe.weight)
+    dis, ncc = nc4(x, m.class_means, probe.weight, probe.bias, labels)
+    return replace(ncs, nc4=dis, ncc_accuracy=ncc), probe
+
+
+def evaluate_collapse(fs: FeatureSet, config: CollapseConfig = CollapseConfig(), *,
+                      views: tuple[np.ndarray, np.ndarray] | None = None) -> CollapseStats:
+    """SSL-collapse statistics of features in hand: RankMe, α-ReQ, normalised std, uniformity
+    (``config.uniformity_samples`` rows, ``config.seed``) and, given two ``(P, D)`` views of the
+    same images, the alignment."""
+    return _collapse_from(accumulate(fs.features), fs.features, views, config)
+
+
+def evaluate_neural_collapse(fs: FeatureSet, config: CollapseConfig = CollapseConfig(), *,
+                             probe: LinearProbeResult | None = None,
+                             num_classes: int | None = None) -> NeuralCollapseStats:
+    """NC1–NC4 of labelled features in hand (:mod:`dinoeval.eval.neural_collapse`).
+
+    Args:
+        fs: ``(N, D)`` features with labels in ``[0, C)``, every class present.
+        config: ``config.probe`` is trained on ``fs`` for NC3/NC4 when ``probe`` is not given.
+        probe: a linear probe already trained on these features (its ``weight (C, D)`` and
+            ``bias (C,)`` are used).
+        num_classes: C (default: the largest label + 1).
+    """
+    labels = labelled(fs, "neural collapse")
+    _, c = check_labels(labels, len(fs), num_classes)
+    m = accumulate(fs.features, labels, num_classes=c)
+    return _neural_from(m, fs.features, labels, config, probe)[0]
+
+
 def _feature_stats(x: np.ndarray, labels: np.ndarray | None, views: tuple | None,
                    cfg: CollapseConfig, notes: list[str]) -> list[Row]:
-    """Collapse (and, with labels, neural-collapse) rows of one ``(N, D)`` view."""
+    """Collapse (and, with labels, neural-collapse) rows of one ``(N, D)`` view, from one pass
+    over the features."""
     n_cls = int(labels.max()) + 1 if labels is not None else None
     nc = labels is not None and cfg.neural_collapse
     m = accumulate(x, labels if nc else None, num_classes=n_cls if nc else None)
-    base = collapse_stats_from_moments(m)
-    uni = uniformity(x, max_samples=cfg.uniformity_samples, seed=cfg.seed)
-    align = alignment(*views) if views is not None else None
-    stats = CollapseStats(n=base.n, dim=base.dim, rankme=base.rankme, alpha_req=base.alpha_req,
-                          normalized_std=base.normalized_std, alignment=align, uniformity=uni,
-                          n_pairs=None if views is None else len(views[0]),
-                          n_uniformity=min(len(x), cfg.uniformity_samples))
-    rows = stats.to_rows()
+    rows = _collapse_from(m, x, views, cfg).to_rows()
     if not nc:
         return rows
-    probe = linear_probe(x, labels, x, labels, config=cfg.probe)  # only W is used
-    ncs = neural_collapse_from_moments(m, weight=probe.weight)
-    dis, ncc = nc4(x, m.class_means, probe.weight, probe.bias, labels)
-    rows += replace(ncs, nc4=dis, ncc_accuracy=ncc).to_rows()
+    ncs, probe = _neural_from(m, x, labels, cfg, None)
     notes.append(f"NC3/NC4 use a {cfg.probe.mode} linear probe trained on the same data "
                  f"({probe.chosen_text})")
-    return rows
+    return rows + ncs.to_rows()
 
 
 def _with_feature(ctx: Context, feature: str) -> Context:
@@ -258,7 +302,8 @@ def _head_views(backbone: Backbone, src: ImageSource, fs: FeatureSet, labels: np
     if center is None:
         notes.append("the checkpoint has no DINO center: teacher probabilities are uncentred")
         center = np.zeros(k)
-    tt = cfg.teacher_temp or float(backbone.meta.get("teacher_temp", 0.04))
+    tt = (cfg.teacher_temp if cfg.teacher_temp is not None
+          else float(backbone.meta.get("teacher_temp", 0.04)))
     monitor = DinoHeadAccumulator(center, teacher_temp=tt, student_temp=cfg.student_temp)
     student = _student(ckpt, backbone, src, backbone_opts, cls_opts, notes, progress)
     bottleneck = _head_pass(backbone.head, cls.features, batch=cfg.head_batch,

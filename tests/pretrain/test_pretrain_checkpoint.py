@@ -140,3 +140,27 @@ def test_resuming_a_finished_run_says_so(tmp_path, tiny_config):
     assert result.stop_reason == "already finished (1 epochs, nothing to do)"
     assert result.checkpoint == out / "checkpoint.pth"
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != ".run.lock"} == before
+
+
+def test_compact_checkpoint_keeps_the_teacher_and_drops_the_rest(tmp_path: Path,
+                                                                 seed: int) -> None:
+    from dinoeval.models import ViTArch, build_vit
+    from pretrain.checkpoint import compact_checkpoint
+
+    arch = ViTArch(embed_dim=64, depth=2, num_heads=2, patch_size=8, img_size=(32, 32))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = {f"backbone.{k}": v for k, v in build_vit(arch).state_dict().items()}
+        student = {f"module.{k}": v + 1 for k, v in teacher.items()}
+    full = {"student": student, "teacher": teacher, "optimizer": {"state": {}},
+            "dino_loss": {"center": torch.zeros(1, 16)}, "epoch": 3,
+            "config": {"num_heads": 2, "arch": "vit_tiny"}}
+    torch.save(full, tmp_path / "full.pth")
+    small = compact_checkpoint(tmp_path / "full.pth", tmp_path / "small.pth")
+    assert small.stat().st_size < 0.4 * (tmp_path / "full.pth").stat().st_size
+    a = load_backbone(str(tmp_path / "full.pth"))
+    b = load_backbone(str(small))
+    assert a.arch == b.arch and b.center is not None and b.meta["epoch"] == 3
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        torch.testing.assert_close(b.model(x), a.model(x), atol=2e-2, rtol=2e-2)

@@ -38,7 +38,7 @@ def _env() -> dict[str, str]:
 
 
 def _pretrain(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pretrain", *TINY_ARGS, *args]
+    return [sys.executable, "-m", "dinoeval", "pretrain", *TINY_ARGS, *args]
 
 
 def _assert_same_run(a: dict, b: dict) -> None:
@@ -82,7 +82,7 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(tmp_path):
     at_kill = load_checkpoint(killed)["step"]
     assert 0 < at_kill < total, f"the kill came too late (step {at_kill})"
 
-    subprocess.run([sys.executable, "-m", "pretrain", "--resume", str(killed)], env=_env(),
+    subprocess.run([sys.executable, "-m", "dinoeval", "pretrain", "--resume", str(killed)], env=_env(),
                    check=True, capture_output=True, timeout=120)
     _assert_same_run(load_checkpoint(full), load_checkpoint(killed))
     steps = pd.read_csv(killed / "log.csv")["step"]
@@ -93,7 +93,7 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(tmp_path):
 def test_two_process_gloo_run_trains_and_resumes(tmp_path):
     out = tmp_path / "ddp"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2", "-m", "pretrain"]
+                "--nproc-per-node", "2", "-m", "dinoeval", "pretrain"]
     res = subprocess.run([*torchrun, *TINY_ARGS, "--device", "cpu", "--epochs", "1",
                           "--epoch-images", "128", "--out", str(out)],
                          env=_env(), capture_output=True, text=True, timeout=150)
