@@ -5,14 +5,27 @@ Each failure is a :class:`DinoevalError` whose message names the option and what
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dinoeval.errors import DinoevalError
 
 N = TypeVar("N", int, float)
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str,
+           default_factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
+    """A config dataclass field that is also a command-line option.
+
+    The default and the help are written here once; :mod:`dinoeval.cli._options` turns the field
+    into a typer option of every command that uses the config. ``cli`` holds the rest of the
+    field's metadata (``flag="--k"``, ``shown="..."``, ``cli=(type, to_field, default)``).
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help, **cli})
 
 
 def at_least(option: str, value: N, minimum: N) -> N:

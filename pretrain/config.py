@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dinoeval.checks import option
 from dinoeval.errors import DinoevalError
 from dinoeval.models.vit import HEADS_BY_WIDTH, parse_arch_name
 
@@ -26,23 +27,27 @@ class PretrainConfig:
     """
 
     # --- data
-    data: str = "fashion-mnist:train"
-    epoch_images: int | None = None
-    knn_every: int = 1  # epochs; 0 disables the online k-NN
+    data: str = option("fashion-mnist:train", help="Training images, e.g. fashion-mnist:train, "
+                       "imagefolder:/data/imagenet/train, shapes:train.")
+    epoch_images: int | None = option(None, help="Images per epoch (default: all).")
+    knn_every: int = option(1, help="Epochs between online k-NN (0: never).")
     knn_train_size: int = 2000
     knn_test_size: int = 1000
     knn_k: int = 20
     # unreadable image files are left out of training (counted and logged) instead of stopping
-    skip_bad_images: bool = False
+    skip_bad_images: bool = option(
+        False, help="Leave unreadable image files out of training (counted) instead of "
+        "stopping.")
     # --- model
-    arch: str = "vit_small"
-    patch_size: int = 16
-    img_size: int | None = None  # global crop side; None: the source's native size, else 224
-    embed_dim: int | None = None  # None: from ``arch``
-    depth: int | None = None
-    num_heads: int | None = None
+    arch: str = option("vit_small", help="vit_tiny | vit_small | vit_base | vit_large.")
+    patch_size: int = option(16, help="ViT patch size.")
+    img_size: int | None = option(
+        None, help="Global crop size (default: the data's native size, else 224).")
+    embed_dim: int | None = option(None, help="Override the arch's width.")
+    depth: int | None = option(None, help="Override the arch's depth.")
+    num_heads: int | None = option(None, help="Override the arch's heads.")
     drop_path: float = 0.1
-    out_dim: int = 65536
+    out_dim: int = option(65536, help="Prototypes K of the DINO head.")
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_nlayers: int = 3
@@ -50,7 +55,7 @@ class PretrainConfig:
     norm_last_layer: bool = True
     # --- multi-crop augmentation
     global_crops_scale: tuple[float, float] = (0.4, 1.0)
-    local_crops_number: int = 8
+    local_crops_number: int = option(8, help="Local crops per image.")
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
     local_size: int | None = None  # None: 96/224 of the global size, rounded to the patch size
     color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
@@ -60,33 +65,38 @@ class PretrainConfig:
     solarize_p: float = 0.2
     # --- loss
     warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
+    teacher_temp: float = option(0.07, help="Teacher temperature after warm-up.")
     warmup_teacher_temp_epochs: int = 30
     student_temp: float = 0.1
     center_momentum: float = 0.9
-    centering: bool = True
-    sharpening: bool = True
+    centering: bool = option(
+        True, help="Subtract the teacher center (--no-centering: the collapse ablation).")
+    sharpening: bool = option(
+        True, help="Sharpen the teacher (--no-sharpening: the collapse ablation, teacher "
+        "temperature = student temperature).")
     # --- optimisation
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 5e-4
+    epochs: int = option(100, help="Epochs (the schedules' length).")
+    batch_size: int = option(64, help="Global batch size (split over ranks).")
+    lr: float = option(5e-4, help="Base learning rate (scaled by batch/256).")
     min_lr: float = 1e-6
     warmup_epochs: int = 10
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
+    momentum_teacher: float = option(
+        0.996, help="Start of the teacher EMA momentum cosine schedule to 1.")
     clip_grad: float = 3.0
     freeze_last_layer: int = 1
-    amp: str = "none"  # "none" or "bf16"
+    amp: str = option("none", help="none | bf16 (autocast).")
     # --- run control
-    seed: int = 0
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    num_workers: int = 0  # decoding workers for sources not held in memory
-    num_threads: int = 0  # torch intra-op threads (0: torch's default)
-    log_every: int = 10
-    save_every_minutes: float = 10.0
+    seed: int = option(0, help="Seed of weights, data order and augmentation.")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N.")
+    num_workers: int = option(0, help="Decoding workers (image folders).")
+    num_threads: int = option(0, help="torch CPU threads (0: default).", flag="--threads")
+    log_every: int = option(10, help="Steps between log rows.")
+    save_every_minutes: float = option(10.0, help="Checkpoint interval within epochs.")
     save_every_steps: int = 0  # extra mid-epoch checkpoints (0: off); used by the tests
-    time_budget_minutes: float | None = None
+    time_budget_minutes: float | None = option(
+        None, help="Stop cleanly (saving a checkpoint) after this many minutes.")
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

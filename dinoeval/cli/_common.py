@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
@@ -138,53 +139,41 @@ def write_results(df: pd.DataFrame, out: Path | None) -> None:
     console.print(f"[green]appended {len(df)} rows to[/] {path}")
 
 
-# Options shared by every command that extracts features (typer Annotated aliases).
-from typing import Annotated  # noqa: E402
-
+# Options that are not fields of a config (those are generated: dinoeval.cli._options).
 CkptOpt = Annotated[list[str], typer.Option(
     "--ckpt", "-c", help="Backbone: a checkpoint file or folder (DINO v1, DINOv2, DINOv3, "
     "XCiT, ResNet-50, Hugging Face exports, pretrain runs; `dinoeval inspect --families`), "
     "timm:NAME, random:ARCH or pixels. Repeat to compare several side by side.")]
-CheckpointKeyOpt = Annotated[str, typer.Option(
-    help="Which network of a DINO training checkpoint: teacher or student.")]
-WeightsOpt = Annotated[str | None, typer.Option(help="State-dict file for a timm:NAME backbone.")]
-ImgSizeOpt = Annotated[int | None, typer.Option(
-    help="Model input size (position embeddings are interpolated). Default: the checkpoint's.")]
-NumHeadsOpt = Annotated[int | None, typer.Option(
-    help="Attention heads, when the width->heads table (192:3, 384:6, 768:12) is wrong.")]
-PixelSizeOpt = Annotated[int | None, typer.Option(
-    help="For the pixels backbone: resize images to this side (default: native size).")]
-FeatureOpt = Annotated[str, typer.Option(
-    "--feature", help="cls | cls-last4 | cls+avgpool | cls+avgpool-v2 (patch for extract only).")]
-BatchSizeOpt = Annotated[int, typer.Option(help="Images per forward pass.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
-WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers for image folders.")]
-PrecisionOpt = Annotated[str, typer.Option(help="fp32 or bf16 (autocast).")]
-SkipBadOpt = Annotated[bool, typer.Option(
-    help="Skip unreadable images (and report how many) instead of stopping at the first.")]
-CacheDirOpt = Annotated[str | None, typer.Option(
-    help="Feature cache directory (reused when checkpoint, data and settings match).")]
 OutOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", help="Append the result rows to this .csv or .parquet table.")]
 
 
-def backbone_options(checkpoint_key: str, weights: str | None, img_size: int | None,
-                     num_heads: int | None, pixel_size: int | None, *,
-                     ckpts: list[str]):  # -> BackboneOptions
-    """The validated backbone options of a command that loads the backbones ``ckpts``."""
-    from dinoeval.checks import one_of
-    from dinoeval.errors import DinoevalError
-    from dinoeval.pipeline import BackboneOptions
+def run_each(ckpts: list[str], out: Path | None, title: str,
+             run: Callable[[str, Any], Any], **configs: object) -> None:
+    """Run ``run(spec, progress)`` for each backbone spec, print its notes, append its rows to
+    ``--out`` as soon as they exist, then print the table and save the configs beside ``--out``.
 
-    one_of("--checkpoint-key", checkpoint_key, ("teacher", "student"))
-    if weights is not None and not any(c.startswith("timm:") for c in ckpts):
-        raise DinoevalError("--weights is the state dict of a timm:NAME backbone, and no --ckpt "
-                            "is one; drop it (a checkpoint file holds its own weights)")
-    if pixel_size is not None and "pixels" not in ckpts:
-        raise DinoevalError("--pixel-size resizes the pixels backbone, and no --ckpt is pixels; "
-                            "use --img-size for a ViT")
-    return BackboneOptions(checkpoint_key=checkpoint_key, weights=weights, img_size=img_size,
-                           num_heads=num_heads, pixel_size=pixel_size)
+    ``--out`` and the backbone specs are checked first (``configs["backbone"]``), before any work.
+    """
+    from dinoeval.pipeline import save_config, specs
+    from dinoeval.results import concat
+
+    with user_errors():
+        backbone = configs.get("backbone")
+        if backbone is not None:
+            backbone.check_specs(ckpts)
+        check_out(out)
+        frames = []
+        for spec in specs(ckpts):
+            with progress_factory() as pf:
+                result = run(spec, pf)
+            for note in result.notes:
+                console.print(f"[dim]{spec}: {note}[/]")
+            frames.append(result.frame)
+            write_results(result.frame, out)  # each backbone's rows are saved at once
+        print_results(concat(frames), title=title)
+        if out is not None:
+            save_config(out, **configs)
 
 
 @contextlib.contextmanager

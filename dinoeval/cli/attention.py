@@ -9,14 +9,7 @@ from typing import Annotated
 import typer
 
 from dinoeval.cli._common import (
-    BatchSizeOpt,
-    CheckpointKeyOpt,
     CkptOpt,
-    DeviceOpt,
-    ImgSizeOpt,
-    NumHeadsOpt,
-    WeightsOpt,
-    backbone_options,
     check_out,
     console,
     print_results,
@@ -24,8 +17,11 @@ from dinoeval.cli._common import (
     user_errors,
     write_results,
 )
+from dinoeval.cli._options import Group, with_options
+from dinoeval.pipeline import AttentionConfig, BackboneOptions
 
 
+@with_options(config=AttentionConfig, backbone=Group(BackboneOptions, skip=("pixel_size",)))
 def attention(
     ckpt: CkptOpt,
     out: Annotated[Path, typer.Option(
@@ -40,26 +36,13 @@ def attention(
         "--n", help="How many images of --data to score (the first N).")] = 16,
     show: Annotated[int, typer.Option(
         help="How many of them to draw in the report (the first ones).")] = 16,
-    block: Annotated[int, typer.Option(help="Block index; -1 is the last.")] = -1,
-    mass: Annotated[float, typer.Option(
-        help="Attention mass the masks keep (DINO: 0.6).")] = 0.6,
-    resize: Annotated[int | None, typer.Option(
-        help="Resize the shorter side to this first (default: the model's input size; "
-        "0: native size).")] = None,
-    fit: Annotated[str, typer.Option(
-        help="crop (centre crop) or pad (zeros) to a multiple of the patch size.")] = "crop",
-    checkpoint_key: CheckpointKeyOpt = "teacher",
-    weights: WeightsOpt = None,
-    img_size: ImgSizeOpt = None,
-    num_heads: NumHeadsOpt = None,
-    batch_size: BatchSizeOpt = 16,
-    device: DeviceOpt = "cpu",
     results: Annotated[Path | None, typer.Option(
         help="Append the Jaccard rows to this .csv or .parquet results table.")] = None,
     png: Annotated[bool, typer.Option(help="Also write the figures as PNG files.")] = True,
     more_images: Annotated[list[Path] | None, typer.Argument(
         metavar="[FILE]...", help="More image files after --images FILE.",
         show_default=False)] = None,
+    *, config: AttentionConfig, backbone: BackboneOptions,
 ) -> None:
     """Last-block CLS attention per head, DINO mass-threshold masks and their Jaccard, side by
     side for several checkpoints in one self-contained HTML page.
@@ -73,17 +56,12 @@ def attention(
     """
     import time
 
-    from dinoeval.checks import check_device, check_output_dir
+    from dinoeval.checks import check_output_dir
     from dinoeval.data import BadImageError, get_source
     from dinoeval.data.files import FileListSource
     from dinoeval.errors import DinoevalError
     from dinoeval.pipeline import specs
-    from dinoeval.pipeline.attention import (
-        AttentionConfig,
-        attention_frame,
-        image_captions,
-        run_attentions,
-    )
+    from dinoeval.pipeline.attention import attention_frame, image_captions, run_attentions
     from dinoeval.report.html import write_attention_report
     from dinoeval.results import concat
 
@@ -95,23 +73,14 @@ def attention(
         images = [*(images or []), *(more_images or [])]
         if (data is None) == (not images):
             raise DinoevalError("pass exactly one of --data SPEC or --images FILE ...")
-        if fit not in ("crop", "pad"):
-            raise DinoevalError(f"--fit must be crop or pad, got {fit!r}")
-        if not 0 < mass <= 1:
-            raise DinoevalError(f"--mass must be in (0, 1], got {mass}")
         if n <= 0 or show < 0:
             raise DinoevalError(f"--n must be positive and --show >= 0, got {n} and {show}")
-        if batch_size <= 0:
-            raise DinoevalError(f"--batch-size must be positive, got {batch_size}")
+        backbone.check_specs(ckpt)
         check_out(results)
         check_output_dir(out)
-        check_device(device)
-        config = AttentionConfig(block=block, mass=mass, resize=resize, fit=fit,
-                                 batch_size=batch_size, device=device)
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, None, ckpts=ckpt)
         source = FileListSource(images or []) if images else get_source(data or "")
         indices = list(range(min(n, len(source)))) if not images else list(range(len(source)))
-        loaders = [functools.partial(bopts.load, s) for s in specs(ckpt)]
+        loaders = [functools.partial(backbone.load, s) for s in specs(ckpt)]
         try:
             with progress_factory() as pf:
                 runs = run_attentions(loaders, source, indices, config, progress=pf)

@@ -8,38 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from dinoeval.cli._common import console, out_console, progress_factory, user_errors
+from dinoeval.cli._options import with_options
+from dinoeval.demo import DemoConfig
 
 
+@with_options(config=DemoConfig)
 def demo(
-    data: Annotated[str, typer.Option(
-        help="shapes (procedural, with masks; no download) or fashion-mnist (needs the Debian "
-             "package dataset-fashion-mnist).")] = "shapes",
-    ckpt: Annotated[str | None, typer.Option(
-        "--ckpt", "-c", help="Evaluate this checkpoint instead of the shipped one.")] = None,
-    pretrain: Annotated[bool, typer.Option(
-        "--pretrain", help="Train the checkpoint from scratch first (the shipped recipe on a "
-                           "--pretrain-epochs schedule), within --pretrain-minutes.")] = False,
-    pretrain_epochs: Annotated[int, typer.Option(
-        help="Schedule length of --pretrain in epochs of 3,200 images. 6 takes about 3 "
-             "minutes on 2 CPU cores and shows only the start of learning (shapes k-NN 22% vs "
-             "18% for random init); the shipped shapes checkpoint ran 120 (about 100 minutes), "
-             "the shipped Fashion-MNIST one 1080 (about 3 hours on 2 cores).")] = 6,
-    pretrain_minutes: Annotated[float, typer.Option(
-        help="Time budget of --pretrain, in minutes: it stops there even if the schedule has "
-             "steps left.")] = 3.0,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Folder for results.csv, results.md, report.html, attention/ "
                             "(default: results/demo, or results/demo_fmnist with --data "
                             "fashion-mnist).")] = None,
-    train: Annotated[str | None, typer.Option(
-        help="Override the train split (e.g. shapes:train@n=1000).")] = None,
-    test: Annotated[str | None, typer.Option(
-        help="Override the test split (e.g. shapes:test@n=200).")] = None,
-    attention_images: Annotated[int, typer.Option(
-        help="Test images whose attention masks are scored (0: skip attention).")] = 200,
-    linear_epochs: Annotated[int, typer.Option(help="Epochs of the linear probe.")] = 10,
-    device: Annotated[str, typer.Option(help="Torch device (cpu, cuda, cuda:1).")] = "cpu",
-    seed: Annotated[int, typer.Option(help="Seed of every random choice of the run.")] = 0,
+    *, config: DemoConfig,
 ) -> None:
     """Show DINO's two emerging properties in minutes on a laptop CPU.
 
@@ -55,17 +34,14 @@ def demo(
 
       dinoeval demo --pretrain --pretrain-epochs 10 --pretrain-minutes 6 --out runs/demo
     """
-    from dinoeval.demo import DemoConfig, run_demo
+    from dinoeval.demo import run_demo
 
     with user_errors():
-        cfg = DemoConfig(data=data, ckpt=ckpt, train=train, test=test, pretrain=pretrain,
-                         pretrain_epochs=pretrain_epochs, pretrain_minutes=pretrain_minutes,
-                         attention_images=attention_images, linear_epochs=linear_epochs,
-                         device=device, seed=seed)
+        cfg = config
         ds = cfg.dataset()
         console.print(f"[bold]dinoeval demo[/] on {ds.title}")
         with progress_factory() as pf:
-            events = _pretrain_events(pretrain_minutes) if pretrain else None
+            events = _pretrain_events(cfg.pretrain_minutes) if cfg.pretrain else None
             result = run_demo(cfg, out or Path(ds.out), progress=pf, on_pretrain_event=events)
         for note in result.notes:
             console.print(f"[dim]{note}[/]")

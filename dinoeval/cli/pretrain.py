@@ -1,4 +1,7 @@
-"""``dinoeval pretrain`` (also ``python -m dinoeval pretrain``, which ``torchrun`` launches)."""
+"""``dinoeval pretrain`` (also ``python -m dinoeval pretrain``, which ``torchrun`` launches).
+
+Its options are generated from :class:`pretrain.config.PretrainConfig`'s fields (those with a
+``help``); every other field is reachable with ``--set KEY=VALUE``."""
 
 from __future__ import annotations
 
@@ -11,14 +14,15 @@ from typing import Annotated, Any
 import typer
 
 from dinoeval.cli._common import console, user_errors
+from dinoeval.cli._options import with_overrides
 from dinoeval.errors import DinoevalError
+from pretrain.config import PretrainConfig
 
 Opt = typer.Option
 
 
+@with_overrides("given", PretrainConfig)
 def pretrain(
-    data: Annotated[str | None, Opt(help="Training images, e.g. fashion-mnist:train, "
-                                    "imagefolder:/data/imagenet/train, shapes:train.")] = None,
     out: Annotated[Path | None, Opt(help="Run directory (checkpoint.pth, backbone.safetensors, "
                                     "log.csv, epochs.csv).")] = None,
     resume: Annotated[Path | None, Opt(help="Continue the run in this directory exactly where "
@@ -27,42 +31,9 @@ def pretrain(
                                        "device).")] = None,
     recipe: Annotated[str | None, Opt(help="Named starting config (fmnist-cpu); options given "
                                       "explicitly override it.")] = None,
-    arch: Annotated[str | None, Opt(help="vit_tiny | vit_small | vit_base | vit_large.")] = None,
-    patch_size: Annotated[int | None, Opt(help="ViT patch size.")] = None,
-    img_size: Annotated[int | None, Opt(help="Global crop size (default: the data's native "
-                                        "size, else 224).")] = None,
-    embed_dim: Annotated[int | None, Opt(help="Override the arch's width.")] = None,
-    depth: Annotated[int | None, Opt(help="Override the arch's depth.")] = None,
-    num_heads: Annotated[int | None, Opt(help="Override the arch's heads.")] = None,
-    out_dim: Annotated[int | None, Opt(help="Prototypes K of the DINO head.")] = None,
-    local_crops_number: Annotated[int | None, Opt(help="Local crops per image.")] = None,
-    epochs: Annotated[int | None, Opt(help="Epochs (the schedules' length).")] = None,
-    epoch_images: Annotated[int | None, Opt(help="Images per epoch (default: all).")] = None,
-    batch_size: Annotated[int | None, Opt(help="Global batch size (split over ranks).")] = None,
-    lr: Annotated[float | None, Opt(help="Base learning rate (scaled by batch/256).")] = None,
-    momentum_teacher: Annotated[float | None, Opt(help="Start of the teacher EMA momentum "
-                                                  "cosine schedule to 1.")] = None,
-    teacher_temp: Annotated[float | None, Opt(help="Teacher temperature after warm-up.")] = None,
-    no_centering: Annotated[bool, Opt("--no-centering", help="Collapse ablation: never "
-                                      "subtract the center.")] = False,
-    no_sharpening: Annotated[bool, Opt("--no-sharpening", help="Collapse ablation: teacher "
-                                       "temperature = student temperature.")] = False,
-    amp: Annotated[str | None, Opt(help="none | bf16 (autocast).")] = None,
-    seed: Annotated[int | None, Opt(help="Seed of weights, data order and augmentation.")] = None,
-    device: Annotated[str | None, Opt(help="auto | cpu | cuda | cuda:N.")] = None,
-    num_workers: Annotated[int | None, Opt(help="Decoding workers (image folders).")] = None,
-    threads: Annotated[int | None, Opt(help="torch CPU threads (0: default).")] = None,
-    time_budget_minutes: Annotated[float | None, Opt(help="Stop cleanly (saving a checkpoint) "
-                                                     "after this many minutes.")] = None,
-    save_every_minutes: Annotated[float | None, Opt(help="Checkpoint interval within "
-                                                    "epochs.")] = None,
-    log_every: Annotated[int | None, Opt(help="Steps between log rows.")] = None,
-    knn_every: Annotated[int | None, Opt(help="Epochs between online k-NN (0: never).")] = None,
-    skip_bad_images: Annotated[bool, Opt("--skip-bad-images", help="Leave unreadable image "
-                                         "files out of training (counted) instead of "
-                                         "stopping.")] = False,
     set_: Annotated[list[str] | None, Opt("--set", help="Any other PretrainConfig field: "
                                           "KEY=VALUE (JSON value), repeatable.")] = None,
+    *, given: dict[str, Any],
 ) -> None:
     """DINO self-distillation pretraining; writes checkpoints dinoeval reads.
 
@@ -79,25 +50,7 @@ def pretrain(
     from pretrain.loop import resume_config, train_loop
 
     with user_errors(), distributed_cleanup():
-        given: dict[str, Any] = {
-            "data": data, "arch": arch, "patch_size": patch_size, "img_size": img_size,
-            "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "out_dim": out_dim,
-            "local_crops_number": local_crops_number, "epochs": epochs,
-            "epoch_images": epoch_images, "batch_size": batch_size, "lr": lr,
-            "momentum_teacher": momentum_teacher, "teacher_temp": teacher_temp, "amp": amp,
-            "seed": seed, "device": device, "num_workers": num_workers, "num_threads": threads,
-            "time_budget_minutes": time_budget_minutes,
-            "save_every_minutes": save_every_minutes, "log_every": log_every,
-            "knn_every": knn_every,
-        }
-        overrides = {k: v for k, v in given.items() if v is not None}
-        if no_centering:
-            overrides["centering"] = False
-        if no_sharpening:
-            overrides["sharpening"] = False
-        if skip_bad_images:
-            overrides["skip_bad_images"] = True
-        overrides.update(parse_set(set_ or []))
+        overrides = {**given, **parse_set(set_ or [])}
         if resume is not None:
             if out is not None and out != resume:
                 raise DinoevalError("--resume DIR continues DIR; drop --out (or make it DIR)")
@@ -130,8 +83,6 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             out[key.strip().replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip().replace("-", "_")] = value
-    from pretrain.config import PretrainConfig
-
     known = set(PretrainConfig.__dataclass_fields__)
     unknown = sorted(set(out) - known)
     if unknown:

@@ -7,25 +7,14 @@ Under ``torchrun --nproc_per_node N``, both commands join the process group that
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dinoeval.cli._common import (
-    BatchSizeOpt,
-    CheckpointKeyOpt,
-    DeviceOpt,
-    FeatureOpt,
-    ImgSizeOpt,
-    NumHeadsOpt,
     OutOpt,
-    PixelSizeOpt,
-    PrecisionOpt,
-    SkipBadOpt,
-    WeightsOpt,
-    WorkersOpt,
-    backbone_options,
     check_out,
     console,
     print_results,
@@ -33,9 +22,13 @@ from dinoeval.cli._common import (
     user_errors,
     write_results,
 )
+from dinoeval.cli._options import Group, with_options
 from dinoeval.errors import DinoevalError
+from dinoeval.pipeline import BackboneOptions, ExtractOptions, KnnConfig
+from dinoeval.pipeline.knn_bank import KnnBankConfig
 
 
+@with_options(extract=Group(ExtractOptions, skip=("cache_dir",)), backbone=BackboneOptions)
 def extract_sharded(
     ckpt: Annotated[str, typer.Option("--ckpt", "-c", help="Backbone spec (see dinoeval --help).")],
     data: Annotated[str, typer.Option(help="Data spec, e.g. imagefolder:/data/train.")],
@@ -44,17 +37,7 @@ def extract_sharded(
         help="Extract only this shard (without torchrun); default: torchrun's RANK.")] = None,
     world_size: Annotated[int | None, typer.Option(
         help="Number of shards (without torchrun); default: torchrun's WORLD_SIZE.")] = None,
-    feature: FeatureOpt = "cls",
-    checkpoint_key: CheckpointKeyOpt = "teacher",
-    weights: WeightsOpt = None,
-    img_size: ImgSizeOpt = None,
-    num_heads: NumHeadsOpt = None,
-    pixel_size: PixelSizeOpt = None,
-    batch_size: BatchSizeOpt = 128,
-    device: DeviceOpt = "cpu",
-    workers: WorkersOpt = 0,
-    precision: PrecisionOpt = "fp32",
-    skip_bad_images: SkipBadOpt = False,
+    *, extract: ExtractOptions, backbone: BackboneOptions,
 ) -> None:
     """Extract features with one exact shard per rank, then merge them into the cache.
 
@@ -74,8 +57,8 @@ def extract_sharded(
     with user_errors():
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
-                                 ckpts=[ckpt])
+        backbone.check_specs([ckpt])
+        device = extract.device
         created, in_group = False, False
         if rank is None:
             rank, world_size, device, created = init_distributed(device)
@@ -84,17 +67,18 @@ def extract_sharded(
                 rank = None  # plain single process: one shard, merged at once
                 world_size = None
         source = get_source(data)
-        backbone = bopts.load(ckpt)
+        model = backbone.load(ckpt)
         total = len(source)
         if world_size is not None:
-            lo, hi = shard_bounds(len(source), rank, world_size, batch_size)
+            lo, hi = shard_bounds(len(source), rank, world_size, extract.batch_size)
             total = hi - lo
         try:
             with progress_factory() as pf:
-                fs = run(backbone, source, cache_dir=out, rank=rank, world_size=world_size,
-                         kind=feature, batch_size=batch_size, device=device, num_workers=workers,
-                         skip_bad_images=skip_bad_images, precision=precision,
-                         progress=pf(f"{backbone.name} on {source.spec} (shard {rank or 0})",
+                fs = run(model, source, cache_dir=out, rank=rank, world_size=world_size,
+                         kind=extract.feature, batch_size=extract.batch_size, device=device,
+                         num_workers=extract.num_workers,
+                         skip_bad_images=extract.skip_bad_images, precision=extract.precision,
+                         progress=pf(f"{model.name} on {source.spec} (shard {rank or 0})",
                                      total))
         finally:
             if created:
@@ -112,21 +96,12 @@ def extract_sharded(
                           f"{out}")
 
 
+@with_options(config=Group(KnnConfig, skip=("per_class",)), bank=KnnBankConfig)
 def knn_bank(
     train_feats: Annotated[Path, typer.Option(help="Feature cache (entry) of the train bank.")],
     val_feats: Annotated[Path, typer.Option(help="Feature cache (entry) of the queries.")],
-    max_memory: Annotated[str, typer.Option(
-        help="Peak memory of this process, e.g. 1GB: what torch/faiss already hold is subtracted "
-        "and the rest sizes the bank blocks.")] = "1GB",
-    k: Annotated[list[int] | None, typer.Option(
-        "--k", help="Neighbour counts; repeat (default 10 20 100 200).")] = None,
-    temperature: Annotated[float, typer.Option(help="Vote weight exp(sim/T).")] = 0.07,
-    bank_dtype: Annotated[str, typer.Option(
-        help="Bank storage: float32 (exact), float16 or bfloat16 (a normalised copy is written "
-        "once beside features.npy).")] = "float32",
-    backend: Annotated[str, typer.Option(help="faiss (CPU) or torch (any --device).")] = "faiss",
-    device: DeviceOpt = "cpu",
     out: OutOpt = None,
+    *, config: KnnConfig, bank: KnnBankConfig,
 ) -> None:
     """Weighted k-NN over a train bank read in memory-bounded blocks (exact).
 
@@ -135,17 +110,14 @@ def knn_bank(
 
       dinoeval knn-bank --train-feats feats/train --val-feats feats/val --max-memory 1GB --k 20
     """
-    from dinoeval.pipeline.knn import KnnConfig
-    from dinoeval.pipeline.knn_bank import KnnBankConfig, init_distributed, run_knn_bank
+    from dinoeval.pipeline.knn_bank import init_distributed, run_knn_bank
 
     with user_errors():
         check_out(out)
-        config = KnnConfig(ks=tuple(k) if k else KnnConfig().ks, temperature=temperature)
-        bank = KnnBankConfig(max_memory=max_memory, bank_dtype=bank_dtype, backend=backend)
-        rank, _, device, created = init_distributed(device)
+        rank, _, device, created = init_distributed(bank.device)
         try:
-            frame, facts = run_knn_bank(train_feats, val_feats, config=config, bank=bank,
-                                        device=device)
+            frame, facts = run_knn_bank(train_feats, val_feats, config=config,
+                                        bank=replace(bank, device=device))
         finally:
             if created:
                 import torch.distributed as dist
@@ -162,10 +134,9 @@ def knn_bank(
 
             save_config(out, knn=config, bank=bank, train_feats=str(train_feats),
                         val_feats=str(val_feats), device=device)
-        print_results(frame, title=f"k-NN accuracy (bank {bank_dtype})")
+        print_results(frame, title=f"k-NN accuracy (bank {bank.bank_dtype})")
 
 
 def register(app: typer.Typer) -> None:
     app.command("extract-sharded")(extract_sharded)
     app.command("knn-bank")(knn_bank)
-

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dinoeval.checks import option
 from dinoeval.errors import DinoevalError
 from dinoeval.eval._validation import check_features, check_finite, check_labels, check_same_dim
 from dinoeval.eval.knn import confusion_matrix
@@ -62,18 +63,26 @@ class LinearProbeConfig:
         seed: split, shuffling and initialisation seed.
     """
 
-    mode: str = "grid"
-    learning_rates: tuple[float, ...] = DEFAULT_LRS
-    weight_decays: tuple[float, ...] = DEFAULT_WDS
-    epochs: int = 10
+    mode: str = option("grid", help="grid: SGD heads over learning rates x weight decays "
+                       "(DINOv2); logreg: L-BFGS over C.")
+    learning_rates: tuple[float, ...] = option(
+        DEFAULT_LRS, help="Learning rates (per 256 samples).", flag="--lr",
+        shown="13 from 1e-4 to 1")
+    weight_decays: tuple[float, ...] = option(DEFAULT_WDS, help="Weight decays.", flag="--wd")
+    epochs: int = option(10, help="SGD epochs over the cached features.")
     batch_size: int = 1024
     momentum: float = 0.9
-    cs: tuple[float, ...] = DEFAULT_CS
+    cs: tuple[float, ...] = option(DEFAULT_CS, help="logreg inverse regularisation C.",
+                                   flag="--c", shown="7 from 1e-4 to 1")
     max_iter: int = 100
-    val_fraction: float = 0.1
+    val_fraction: float = option(
+        0.1, help="Share of each train class held out to pick the setting.")
     standardize: bool = True
     refit: bool = True
-    seed: int = 0
+    seed: int = option(0, help="Seed of every random choice (split, sampling).")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if self.mode not in ("grid", "logreg"):

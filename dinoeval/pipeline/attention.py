@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dinoeval.checks import check_device, one_of, option
 from dinoeval.data import ImageSource
 from dinoeval.data.files import FileListSource
 from dinoeval.errors import DinoevalError
@@ -58,12 +59,25 @@ class AttentionConfig:
         device: torch device.
     """
 
-    block: int = -1
-    mass: float = DEFAULT_MASS
-    resize: int | None = None
-    fit: str = "crop"
-    batch_size: int = 16
-    device: str = "cpu"
+    block: int = option(-1, help="Block index; -1 is the last.")
+    mass: float = option(DEFAULT_MASS, help="Attention mass the masks keep (DINO: 0.6).")
+    resize: int | None = option(
+        None, help="Resize the shorter side to this first (default: the model's input size; "
+        "0: native size).")
+    fit: str = option(
+        "crop", help="crop (centre crop) or pad (zeros) to a multiple of the patch size.")
+    batch_size: int = option(16, help="Images per forward pass.")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
+
+    def __post_init__(self) -> None:
+        one_of("--fit", self.fit, ("crop", "pad"))
+        if not 0 < self.mass <= 1:
+            raise DinoevalError(f"--mass must be in (0, 1], got {self.mass}")
+        if self.batch_size <= 0:
+            raise DinoevalError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.resize is not None and self.resize < 0:
+            raise DinoevalError(f"--resize must be >= 0, got {self.resize}")
+        check_device(self.device)
 
 
 @dataclass

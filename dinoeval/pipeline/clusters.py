@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from dinoeval.checks import option
 from dinoeval.data import ImageSource, require_labels
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.clusters import ClusterResult, cluster_scores
@@ -41,12 +42,15 @@ class ClusterConfig:
         seed: seed of the silhouette sample.
     """
 
-    k: int | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    spherical: bool = False
+    k: int | None = option(None, help="Clusters (default: number of classes).")
+    seeds: tuple[int, ...] = option(
+        (0, 1, 2), help="k-means runs (seeds 0..n-1); mean and std.",
+        cli=(int, lambda n: tuple(range(n)), 3))
+    spherical: bool = option(False, help="Cosine k-means on L2-normalised features.")
     niter: int = 50
-    silhouette_samples: int = 10000
-    seed: int = 0
+    silhouette_samples: int = option(
+        10000, help="Seeded sample size for the silhouette (0 skips it).")
+    seed: int = option(0, help="Seed of the silhouette sample.")
 
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 2:

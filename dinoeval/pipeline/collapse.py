@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dinoeval.checks import option
 from dinoeval.data import ImageSource
 from dinoeval.errors import DinoevalError
 from dinoeval.eval._moments import Moments, accumulate
@@ -76,15 +77,19 @@ class CollapseConfig:
         seed: sampling and augmentation seed.
     """
 
-    head: bool = True
-    neural_collapse: bool = True
+    head: bool = option(True, help="Also measure the DINO head's bottleneck and prototypes "
+                        "when the checkpoint has them.")
+    neural_collapse: bool = option(
+        True, help="NC1-NC4 (labelled data; NC3/NC4 train a linear probe on the data).")
     probe: LinearProbeConfig = field(default_factory=lambda: LinearProbeConfig(epochs=5))
-    align_pairs: int = 1000
+    align_pairs: int = option(
+        1000, help="Images seen under two random augmentations for the alignment (0 skips it).")
     uniformity_samples: int = 4096
-    teacher_temp: float | None = None
+    teacher_temp: float | None = option(
+        None, help="Teacher temperature (default: the checkpoint's, else 0.04).")
     student_temp: float = 0.1
     head_batch: int = 1024
-    seed: int = 0
+    seed: int = option(0, help="Seed of every random choice (split, sampling).")
 
     def __post_init__(self) -> None:
         if self.seed < 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from dinoeval.checks import at_least, positive
+from dinoeval.checks import at_least, option, positive
 from dinoeval.data import ImageSource, check_train_val
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.knn import DEFAULT_KS, KnnResult, knn_classify
@@ -33,9 +33,10 @@ from dinoeval.results import to_frame
 class KnnConfig:
     """k-NN settings (DINO defaults)."""
 
-    ks: tuple[int, ...] = DEFAULT_KS
-    temperature: float = 0.07
-    per_class: bool = False
+    ks: tuple[int, ...] = option(DEFAULT_KS, help="Neighbour counts; one search serves all.",
+                                 flag="--k")
+    temperature: float = option(0.07, help="Vote weight exp(sim/T).")
+    per_class: bool = option(False, help="Also report per-class recall.")
 
     def __post_init__(self) -> None:
         if not self.ks:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dinoeval.checks import check_device, one_of
+from dinoeval.checks import check_device, one_of, option
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.knn import DEFAULT_KS, KnnResult, classify_neighbors, validate_inputs
 from dinoeval.eval.knn_ooc import (
@@ -94,13 +94,21 @@ class KnnBankConfig:
         bank_dtype: float32 (exact), float16 or bfloat16 (a normalised copy is written once
             beside ``features.npy``).
         backend: ``faiss`` (CPU) or ``torch`` (any device).
+        device: torch device of the search (and of NCCL collectives); under torchrun,
+            ``cuda`` becomes each rank's ``cuda:$LOCAL_RANK``.
     """
 
-    max_memory: str | int = "1GB"
-    bank_dtype: str = "float32"
-    backend: str = "faiss"
+    max_memory: str | int = option(
+        "1GB", help="Peak memory of this process, e.g. 1GB: what torch/faiss already hold is "
+        "subtracted and the rest sizes the bank blocks.", cli=(str, lambda v: v, "1GB"))
+    bank_dtype: str = option(
+        "float32", help="Bank storage: float32 (exact), float16 or bfloat16 (a normalised copy is "
+        "written once beside features.npy).")
+    backend: str = option("faiss", help="faiss (CPU) or torch (any --device).")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
 
     def __post_init__(self) -> None:
+        check_device(self.device)
         parse_bytes(self.max_memory)
         if self.bank_dtype not in BANK_DTYPES:
             raise DinoevalError(f"--bank-dtype must be one of {', '.join(BANK_DTYPES)}, got "
@@ -194,8 +202,8 @@ def knn_classify_distributed(
 
 
 def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *,
-                 config: KnnConfig = KnnConfig(), bank: KnnBankConfig = KnnBankConfig(),
-                 device: str = "cpu") -> tuple[pd.DataFrame, dict[str, Any]]:
+                 config: KnnConfig = KnnConfig(), bank: KnnBankConfig = KnnBankConfig()
+                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Out-of-core (or, under torchrun, distributed) k-NN of two feature-cache entries.
 
     Returns:
@@ -213,7 +221,7 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *,
     val_y = load_npy(val_e / "labels.npy")
     reader = BankReader(bank_path)
     kw = dict(ks=config.ks, temperature=config.temperature, max_memory=budget,
-              backend=bank.backend, device=device)
+              backend=bank.backend, device=bank.device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         result = knn_classify_distributed(bank_path, train_y, np.asarray(val_x), val_y, **kw)
         world = dist.get_world_size()

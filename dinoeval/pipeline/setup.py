@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, check_device, one_of
+from dinoeval.checks import at_least, check_device, one_of, option
 from dinoeval.data import ImageSource, get_source
 from dinoeval.errors import DinoevalError
 from dinoeval.features import FEATURE_KINDS, FeatureCache, FeatureSet, extract_features
@@ -37,15 +37,31 @@ TRAINING_FORMATS = ("dino-train", "dinoeval-pretrain", "dinov2-train")
 class BackboneOptions:
     """How to turn a spec into a backbone (see :func:`dinoeval.models.load_backbone`)."""
 
-    checkpoint_key: str = "teacher"
-    weights: str | None = None
-    img_size: int | None = None
-    num_heads: int | None = None
-    pixel_size: int | None = None
-    seed: int = 0
+    checkpoint_key: str = option(
+        "teacher", help="Which network of a DINO training checkpoint: teacher or student.")
+    weights: str | None = option(None, help="State-dict file for a timm:NAME backbone.")
+    img_size: int | None = option(
+        None, help="Model input size (position embeddings are interpolated). Default: the "
+        "checkpoint's.")
+    num_heads: int | None = option(
+        None, help="Attention heads, when the width->heads table (192:3, 384:6, 768:12) is "
+        "wrong.")
+    pixel_size: int | None = option(
+        None, help="For the pixels backbone: resize images to this side (default: native size).")
+    seed: int = 0  # of random:ARCH weights
 
     def __post_init__(self) -> None:
+        one_of("--checkpoint-key", self.checkpoint_key, ("teacher", "student"))
         at_least("--seed", self.seed, 0)
+
+    def check_specs(self, specs: Sequence[str]) -> None:
+        """Refuse options that no backbone of ``specs`` uses (before any is loaded)."""
+        if self.weights is not None and not any(s.startswith("timm:") for s in specs):
+            raise DinoevalError("--weights is the state dict of a timm:NAME backbone, and no "
+                                "--ckpt is one; drop it (a checkpoint file holds its own weights)")
+        if self.pixel_size is not None and "pixels" not in specs:
+            raise DinoevalError("--pixel-size resizes the pixels backbone, and no --ckpt is "
+                                "pixels; use --img-size for a ViT")
 
     def load(self, spec: str) -> Backbone:
         """The backbone of ``spec``; ``meta["network"]`` says which network of a training
@@ -63,13 +79,17 @@ class BackboneOptions:
 class ExtractOptions:
     """How features are computed and cached."""
 
-    feature: str = "cls"
-    batch_size: int = 128
-    device: str = "cpu"
-    num_workers: int = 0
-    precision: str = "fp32"
-    skip_bad_images: bool = False
-    cache_dir: str | None = None
+    feature: str = option(
+        "cls", help="cls | cls-last4 | cls+avgpool | cls+avgpool-v2 (patch for extract only).")
+    batch_size: int = option(128, help="Images per forward pass.")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
+    num_workers: int = option(0, help="DataLoader workers for image folders.", flag="--workers")
+    precision: str = option("fp32", help="fp32 or bf16 (autocast).")
+    skip_bad_images: bool = option(
+        False, help="Skip unreadable images (and report how many) instead of stopping at the "
+        "first.")
+    cache_dir: str | None = option(
+        None, help="Feature cache directory (reused when checkpoint, data and settings match).")
 
     def __post_init__(self) -> None:
         one_of("--feature", self.feature, FEATURE_KINDS)
