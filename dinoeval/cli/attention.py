@@ -106,7 +106,7 @@ def attention(
         if results is not None:
             from dinoeval.pipeline import save_config
 
-            save_config(results, backbone=bopts, attention=config, data=source.spec,
+            save_config(results, backbone=backbone, attention=config, data=source.spec,
                         n=len(indices), report=str(html))
         console.print(f"[green]report[/] {html} "
                       f"[dim]({time.perf_counter() - start:.1f} s)[/]")
