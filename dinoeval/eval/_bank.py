@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.knn import _prep
@@ -28,17 +27,30 @@ def encode_bank(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "float16":
         return np.asarray(x, dtype=np.float32).astype(np.float16)
     if dtype == "bfloat16":
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16)
-        return t.view(torch.int16).numpy().view(np.uint16)
+        return _float32_to_bfloat16_bits(np.asarray(x, dtype=np.float32))
     raise DinoevalError(f"unknown bank dtype {dtype!r}; use one of {', '.join(BANK_DTYPES)}")
 
 
 def decode_bank(block: np.ndarray) -> np.ndarray:
     """A stored block -> float32 (uint16 is read as bfloat16 bits)."""
-    if block.dtype == np.uint16:
-        bits = torch.from_numpy(np.ascontiguousarray(block).view(np.int16))
-        return bits.view(torch.bfloat16).float().numpy()
+    if block.dtype == np.uint16:  # bfloat16 is the top half of a float32: exact
+        return (np.asarray(block).astype(np.uint32) << 16).view(np.float32)
     return np.asarray(block, dtype=np.float32)
+
+
+def _float32_to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even as torch rounds.
+
+    Pure numpy, so read-only inputs (memory maps) need no copy and raise no torch warning. NaN
+    stays a (quiet) NaN.
+    """
+    bits = x.view(np.uint32) if x.flags.c_contiguous else np.ascontiguousarray(x).view(np.uint32)
+    rounded = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out
 
 
 def bank_dtype_of(dtype: np.dtype) -> str:

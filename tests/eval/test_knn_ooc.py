@@ -162,6 +162,34 @@ def test_bank_encodings_roundtrip_and_write_bank(tmp_path):
         assert np.mean(out.predictions[10] == ref.predictions[10]) > 0.95
 
 
+def test_bfloat16_codec_equals_torch_bit_for_bit():
+    """Round-to-nearest-even ties, subnormals, overflow to inf, signed zeros, inf and NaN."""
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, -0.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.4e38, -3.4e38, 1e-40, -1e-45,
+                        np.inf, -np.inf, np.nan], np.float32)
+    x = np.concatenate([special, rng.standard_normal(4096).astype(np.float32) * 10.0 ** rng
+                        .integers(-30, 30, 4096)]).astype(np.float32)
+    ref = torch.from_numpy(x).bfloat16()
+    bits = encode_bank(x, "bfloat16")
+    finite = ~np.isnan(x)  # NaN stays NaN; its payload bits are not specified
+    assert np.array_equal(bits.view(np.int16)[finite], ref.view(torch.int16).numpy()[finite])
+    got, want = decode_bank(bits), ref.float().numpy()
+    assert np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("error")  # torch: "The given NumPy array is not writable"
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_read_only_memory_mapped_banks_raise_no_warning(tmp_path, backend, dtype):
+    tx, _, qx, _ = _data(n=300, m=20)
+    p = write_bank(tx, tmp_path / "b.npy", dtype)
+    bank = np.load(p, mmap_mode="r")
+    assert not bank.flags.writeable
+    s, i = knn_search_ooc(bank, qx, 5, backend=backend)
+    assert i.shape == (20, 5) and np.isfinite(s).all()
+    assert encode_bank(bank[:10], "bfloat16").shape == (10, tx.shape[1])
+
+
 def test_precision_effect_reports_each_dtype():
     tx, ty, qx, qy = _data(n=800, m=100)
     eff = precision_effect(tx, ty, qx, qy, ks=(5, 20))
