@@ -31,7 +31,7 @@ from dinoeval.data import get_source
 from dinoeval.eval.attention import cls_attention
 from dinoeval.models import load_backbone
 from dinoeval.pipeline.attention import AttentionConfig, image_captions, run_attentions
-from dinoeval.report.html import write_attention_report
+from dinoeval.report.attention_page import write_attention_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,7 +41,8 @@ from dinoeval.pipeline.collapse import CollapseConfig, evaluate_collapse, evalua
 from dinoeval.pipeline.knn import KnnConfig, evaluate_knn
 from dinoeval.pipeline.linear import evaluate_linear
 from dinoeval.pipeline.setup import ExtractOptions, ProgressFactory, context_for, get_features
-from dinoeval.report.html import write_attention_report, write_results_report
+from dinoeval.report.attention_page import write_attention_report
+from dinoeval.report.results_page import write_results_report
 from dinoeval.results import Context, Row, concat, to_frame
 
 log = logging.getLogger(__name__)

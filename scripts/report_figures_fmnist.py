@@ -17,7 +17,7 @@ from pathlib import Path
 from dinoeval import api
 from dinoeval.data import get_source
 from dinoeval.report.figure_set import save_figures, table_figures
-from dinoeval.report.html import write_results_report
+from dinoeval.report.results_page import write_results_report
 from dinoeval.report.tables import labelled_rows
 from dinoeval.results import append_results, concat
 

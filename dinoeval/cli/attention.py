@@ -62,7 +62,7 @@ def attention(
     from dinoeval.errors import DinoevalError
     from dinoeval.pipeline import specs
     from dinoeval.pipeline.attention import attention_frame, image_captions, run_attentions
-    from dinoeval.report.html import write_attention_report
+    from dinoeval.report.attention_page import write_attention_report
     from dinoeval.results import concat
 
     with user_errors():

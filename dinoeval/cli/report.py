@@ -86,7 +86,7 @@ def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
     """Every option checked before any work: formats, output paths that would destroy inputs."""
     from dinoeval.checks import check_output_path
     from dinoeval.errors import DinoevalError
-    from dinoeval.report.html import check_pretrain_log
+    from dinoeval.report.results_page import check_pretrain_log
 
     if fmt not in _FORMATS:
         raise DinoevalError(f"--format must be {', '.join(_FORMATS)}; got {fmt!r}")
@@ -119,7 +119,7 @@ def _write_pictures(frames: list, *, html: Path | None, figures: Path | None,
         console.print(f"[green]wrote[/] {len(paths)} files ({len(figs)} figures, PNG and PDF) "
                       f"to {figures}")
     if html is not None:
-        from dinoeval.report.html import write_results_report
+        from dinoeval.report.results_page import write_results_report
 
         per_class = {k: v for k, v in figs.items() if k.startswith("knn_per_class")}
         page = write_results_report(df.assign(backbone=df["label"]).drop(

@@ -315,7 +315,7 @@ def run_attentions(backbones: Sequence[Callable[[], Backbone]], source: ImageSou
         config: attention settings.
         progress: ``factory(description, total) -> update(done)``.
 
-    The runs are what :func:`~dinoeval.report.html.write_attention_report` draws and
+    The runs are what :func:`~dinoeval.report.attention_page.write_attention_report` draws and
     :func:`attention_frame` turns into result rows.
     """
     if not len(indices):

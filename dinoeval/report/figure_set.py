@@ -27,6 +27,7 @@ import pandas as pd
 
 from dinoeval.errors import DinoevalError
 from dinoeval.report import figures as F
+from dinoeval.report.html import png_data_uri
 
 # Constants and settings: shown in tables, never drawn as bars.
 NOT_SCORES = frozenset({"dim", "log_K", "num_prototypes", "normalized_std_ref", "best_head",
@@ -38,7 +39,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "x"
 
 
-def _is_score(metric: str) -> bool:
+def is_score(metric: str) -> bool:
     return not (metric in NOT_SCORES or metric.startswith("chosen_") or metric.endswith("_std")
                 or metric == "val_top1" or _RECALL.match(metric))
 
@@ -59,7 +60,7 @@ def table_figures(df: pd.DataFrame, *, max_metrics: int = 8) -> dict[str, Any]:
     recall = df[df["metric"].str.match(_RECALL.pattern)]
     if not recall.empty:
         figs.update(_recall_figures(recall))
-    for (ev, metric), g in df[df["metric"].map(_is_score)].groupby(["eval", "metric"],
+    for (ev, metric), g in df[df["metric"].map(is_score)].groupby(["eval", "metric"],
                                                                     sort=False):
         if g["param"].nunique() > 1 or len(figs) >= max_metrics + 2:
             continue  # a sweep (k, heads): the table or the line plot shows it
@@ -166,8 +167,6 @@ def figures_html(figs: Mapping[str, Any], *, title: str = "Figures",
     """A report ``<section>`` with every figure as an inline PNG (empty text for none)."""
     if not figs:
         return ""
-    from dinoeval.report.html import png_data_uri
-
     imgs = "".join(f'<img class=plot src="{png_data_uri(F.figure_png(fig))}" '
                    f'alt="{html.escape(stem)}">' for stem, fig in figs.items())
     return (f"<section id={anchor}><h2>{html.escape(title)}</h2>"

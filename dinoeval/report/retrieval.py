@@ -7,10 +7,7 @@ frame says what the ground truth makes of it: green relevant, red irrelevant, gr
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,20 +15,14 @@ from typing import Any
 import numpy as np
 
 from dinoeval.errors import DinoevalError
+from dinoeval.report.html import now_utc, page, png_data_uri, write_page
 
 MARKS = {1: ("relevant", "rel"), 0: ("irrelevant", "irr"), -1: ("junk (ignored)", "junk")}
 _THUMB = 96  # CSS px of a thumbnail's longer side
 
+# On top of the page kit's CSS: a row per backbone, hits framed by their ground-truth mark.
 CSS = """
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-       color:#1d232b; background:#f6f7f9; }
-header { background:#14202e; color:#fff; padding:16px 24px; }
-header h1 { margin:0 0 4px; font-size:20px; font-weight:600; }
-header p { margin:2px 0; color:#c5d0dc; font-size:13px; }
-main { max-width:1400px; margin:0 auto; padding:12px 20px 40px; }
-section { background:#fff; border:1px solid #e2e6eb; border-radius:8px; padding:12px 16px;
-          margin:14px 0; overflow-x:auto; }
+section { overflow-x:auto; }
 h2 { font-size:15px; margin:0 0 8px; }
 .legend span { display:inline-block; margin-right:14px; font-size:12.5px; }
 .row { display:flex; gap:14px; align-items:flex-start; padding:6px 0;
@@ -50,15 +41,6 @@ figure.junk img { border:4px dashed #9aa5b1; opacity:.75; }
 .sw { display:inline-block; width:12px; height:12px; border-radius:2px; margin-right:4px;
       vertical-align:-1px; }
 """
-
-
-def png_uri(image: np.ndarray) -> str:
-    """``(H, W[, 3]) uint8`` -> a ``data:image/png;base64,...`` URI."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _thumb(image: np.ndarray, side: int = 192) -> np.ndarray:
@@ -102,13 +84,13 @@ def write_retrieval_report(runs: Sequence[Any], out: str | Path, *, title: str =
 
     def gallery_uri(i: int) -> str:
         if i not in cache:
-            cache[i] = png_uri(_thumb(g_src.load(int(i))))
+            cache[i] = png_data_uri(_thumb(g_src.load(int(i))))
         return cache[i]
 
     sections = []
     for qi, q in enumerate(queries):
         rows = [f'<div class="row"><div class="name"><b>query {int(q)}</b></div><div class="hits">'
-                + _figure(png_uri(_thumb(q_src.load(int(q)))), "query", "query",
+                + _figure(png_data_uri(_thumb(q_src.load(int(q)))), "query", "query",
                           f"query {int(q)}") + "</div></div>"]
         for r, lab in zip(runs, labels, strict=True):
             figs = []
@@ -129,19 +111,8 @@ def write_retrieval_report(runs: Sequence[Any], out: str | Path, *, title: str =
               '<span><i class="sw" style="background:#d64545"></i>irrelevant</span>'
               '<span><i class="sw" style="border:2px dashed #9aa5b1"></i>junk: ignored by the '
               "metrics (the query itself, revisited junk)</span></section>")
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     maps = "; ".join(f"{lab}: mAP {r.results[0].mean_ap:.3f}" for r, lab in zip(runs, labels,
                                                                                  strict=True))
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>'
-            f"{html.escape(title)}</title><meta name=\"viewport\" content=\"width=device-width, "
-            f'initial-scale=1"><style>{CSS}</style></head><body><header><h1>'
-            f"{html.escape(title)}</h1><p>{html.escape(q_src.spec)} against "
-            f"{html.escape(g_src.spec)} · top {runs[0].top.hits.shape[1]} hits · {now}</p>"
-            f"<p>{html.escape(maps)}</p></header><main>{legend}{''.join(sections)}</main>"
-            "</body></html>")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    sub = [f"{html.escape(q_src.spec)} against {html.escape(g_src.spec)} · top "
+           f"{runs[0].top.hits.shape[1]} hits · {now_utc()}", html.escape(maps)]
+    return write_page(out, page(title, sub, [legend, *sections], css=CSS))

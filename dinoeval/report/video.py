@@ -8,18 +8,22 @@ frame, with the object outlines opaque. The page is one self-contained HTML file
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from dinoeval.report.html import page, png_data_uri, write_page
 
 GAP = 4  # pixels between tiles
 MIN_TILE = 96  # frames are enlarged (nearest) to at least this height
+# On top of the page kit's CSS: strips keep their pixels.
+CSS = """
+section img { image-rendering:pixelated; max-width:100%; }
+.rows { color:#555; font-size:90%; }
+"""
 
 
 def overlay_labels(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, *,
@@ -64,12 +68,6 @@ def strip_image(frames: np.ndarray, rows: Sequence[np.ndarray | None], palette: 
     return canvas
 
 
-def _png_uri(img: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def write_video_report(path: str | Path, runs: Sequence[tuple[str, Any]], *,
                        title: str = "Video object segmentation") -> Path:
     """Write the page for ``runs``: ``(label, VideoSegRun)`` pairs over the same videos.
@@ -77,12 +75,8 @@ def write_video_report(path: str | Path, runs: Sequence[tuple[str, Any]], *,
     Returns:
         the written path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     first = runs[0][1]
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             "<p>Rows: frames; ground truth; then each backbone's propagated masks (DAVIS "
-             "label propagation from the first frame). J&amp;F per video in the row label.</p>"]
+    parts = []
     for name, (frames, gt, _) in first.strips.items():
         labels = ["frames", "ground truth" if gt is not None else None]
         rows: list[np.ndarray | None] = [gt]
@@ -93,14 +87,9 @@ def write_video_report(path: str | Path, runs: Sequence[tuple[str, Any]], *,
             rows.append(run.strips[name][2])
         img = strip_image(frames, rows, first.palettes[name])
         legend = " / ".join(html.escape(x) for x in labels if x is not None)
-        parts.append(f"<h2>{html.escape(name)}</h2><p class='rows'>{legend}</p>"
-                     f"<img alt='{html.escape(name)} overlay strip' src='{_png_uri(img)}'>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;"
-            "margin:24px;max-width:1400px}img{image-rendering:pixelated;max-width:100%}"
-            ".rows{color:#555;font-size:90%}</style></head><body>" + "".join(parts) +
-            "</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+        parts.append(f"<section><h2>{html.escape(name)}</h2><p class='rows'>{legend}</p>"
+                     f"<img alt='{html.escape(name)} overlay strip' src='{png_data_uri(img)}'>"
+                     "</section>")
+    sub = ["Rows: frames; ground truth; then each backbone's propagated masks (DAVIS label "
+           "propagation from the first frame). J&amp;F per video in the row label."]
+    return write_page(path, page(title, sub, parts, css=CSS))

@@ -115,7 +115,7 @@ def test_results_report_handles_empty_and_rejects_foreign_tables(tmp_path, resul
 
 
 def test_short_backbone_names_keep_the_prefix_and_the_last_two_parts():
-    from dinoeval.report.html import short_backbone
+    from dinoeval.report.results_page import short_backbone
 
     assert short_backbone("random:/tmp/pytest-of-root/a/b/ckpt.pth") == "random:…/b/ckpt.pth"
     assert short_backbone("/data/experiments/run17/c/checkpoint.pth") == "…/c/checkpoint.pth"
