@@ -64,9 +64,10 @@ class Evaluation:
 
     def table(self, fmt: str = "markdown", *, preset: str | None = None) -> str:
         """The rows as a paper table (see :mod:`dinoeval.report.tables`)."""
-        from dinoeval.report import tables as T
+        from dinoeval.report.render import render
+        from dinoeval.report.tables import report_table
 
-        return T.render(T.report_table([self.frame], preset=preset), fmt)
+        return render(report_table([self.frame], preset=preset), fmt)
 
     def figures(self, *, class_names: Sequence[str] = (), maps: bool = False,
                 max_points: int = 1500, seed: int = 0) -> dict[str, Any]:

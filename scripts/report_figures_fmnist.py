@@ -18,7 +18,7 @@ from dinoeval import api
 from dinoeval.data import get_source
 from dinoeval.report.figure_set import save_figures, table_figures
 from dinoeval.report.results_page import write_results_report
-from dinoeval.report.tables import labelled_rows
+from dinoeval.report.rows import labelled_rows
 from dinoeval.results import append_results, concat
 
 CKPT = "dinoeval/assets/checkpoints/fmnist_vit_d128x3_p7.pth"

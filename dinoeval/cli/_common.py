@@ -95,7 +95,7 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
         caption.append(f"{int(grid.sum())} per-setting val_top1 rows not shown (in --out)")
         show = show[~grid]
     if "backbone" in show and len(show):
-        from dinoeval.report.tables import default_labels
+        from dinoeval.report.labels import default_labels
 
         labels = default_labels(show["backbone"].astype(str).unique())
         caption += [f"{short} = {spec}" for spec, short in labels.items() if short != spec]

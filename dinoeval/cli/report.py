@@ -56,7 +56,8 @@ def report(
     An HTML page:
     dinoeval report results.csv --html reports/summary.html --pretrain-log runs/fm
     """
-    from dinoeval.report import tables as T
+    from dinoeval.report import render
+    from dinoeval.report.tables import report_table
 
     with user_errors():
         fmt = "json" if json_ else format
@@ -65,11 +66,11 @@ def report(
         from dinoeval.results import read_results
 
         frames = [read_results(p) for p in results]
-        table = T.report_table(frames, evals=eval or (), metrics=metric or (),
+        table = report_table(frames, evals=eval or (), metrics=metric or (),
                                labels=label or (), preset=preset)
         for note in table.notes:
             console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
-        text = T.render(table, fmt, digits=digits)
+        text = render.render(table, fmt, digits=digits)
         if html is not None or figures is not None:
             _write_pictures(frames, html=html, figures=figures, pretrain_log=pretrain_log,
                             labels=label or (), evals=eval or (), metrics=metric or ())
@@ -109,10 +110,10 @@ def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
 
 def _write_pictures(frames: list, *, html: Path | None, figures: Path | None,
                     pretrain_log: Path | None, labels: list[str] | tuple, evals, metrics) -> None:
-    from dinoeval.report import tables as T
     from dinoeval.report.figure_set import save_figures, table_figures
+    from dinoeval.report.rows import labelled_rows
 
-    df = T.labelled_rows(frames, labels=labels, evals=evals, metrics=metrics)
+    df = labelled_rows(frames, labels=labels, evals=evals, metrics=metrics)
     figs = table_figures(df)
     if figures is not None:
         paths = save_figures(figs, figures)

@@ -45,7 +45,7 @@ def is_score(metric: str) -> bool:
 
 
 def table_figures(df: pd.DataFrame, *, max_metrics: int = 8) -> dict[str, Any]:
-    """Figures from labelled rows (``label`` column; see :func:`tables.labelled_rows`)."""
+    """Figures from labelled rows (``label`` column; see :func:`dinoeval.report.rows.labelled_rows`)."""
     figs: dict[str, Any] = {}
     df = df.assign(param=df["param"].astype(str), metric=df["metric"].astype(str))
     knn = df[(df["eval"] == "knn") & (df["metric"] == "top1")]

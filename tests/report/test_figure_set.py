@@ -12,7 +12,7 @@ from dinoeval.eval.knn import confusion_matrix, knn_classify
 from dinoeval.eval.linear import LinearProbeConfig, linear_probe
 from dinoeval.report import figure_set as S
 from dinoeval.report import figures as F
-from dinoeval.report import tables as T
+from dinoeval.report import rows as R
 from dinoeval.results import Context, Row, concat, to_frame
 
 
@@ -83,7 +83,7 @@ def _rows() -> list:
                  Row("collapse", "dim", 64.0), Row("collapse", "rankme", 20.0, "eps=1e-7"),
                  Row("knn", "recall[cat]", 0.9, "k=20"), Row("knn", "recall[dog]", 0.4, "k=20")]
         frames.append(to_frame(rows, ctx))
-    return T.labelled_rows([concat(frames)])
+    return R.labelled_rows([concat(frames)])
 
 
 def test_table_figures_use_std_rows_as_error_bars_and_skip_constants():

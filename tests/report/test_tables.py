@@ -15,6 +15,9 @@ from typer.testing import CliRunner
 
 from dinoeval.cli import app
 from dinoeval.errors import DinoevalError
+from dinoeval.report import labels as L
+from dinoeval.report import render as Rd
+from dinoeval.report import rows as R
 from dinoeval.report import tables as T
 from dinoeval.results import Context, Row, concat, to_frame
 
@@ -58,7 +61,7 @@ def three_backbones(old_linear: bool = False) -> pd.DataFrame:
 
 @pytest.mark.parametrize("old", [False, True])
 def test_chosen_settings_are_metadata_not_column_keys(old):
-    table = T.build_table(T.labelled_rows([three_backbones(old_linear=old)], evals=["linear"]))
+    table = T.build_table(R.labelled_rows([three_backbones(old_linear=old)], evals=["linear"]))
     titles = [c.title for c in table.columns]
     assert titles == ["top1", "val_top1_chosen", "setting"]  # one top1 column for all three
     assert np.isfinite(table.mean[:, 0]).all()
@@ -66,38 +69,38 @@ def test_chosen_settings_are_metadata_not_column_keys(old):
 
 
 def test_k_is_ordered_numerically_in_every_format():
-    table = T.build_table(T.labelled_rows([three_backbones()], evals=["knn"]))
+    table = T.build_table(R.labelled_rows([three_backbones()], evals=["knn"]))
     assert [c.key[-1] for c in table.columns] == ["k=10", "k=20", "k=100", "k=200"]
-    md = T.render(table, "markdown")
+    md = Rd.render(table, "markdown")
     assert md.index("k=20") < md.index("k=100") < md.index("k=200")
-    csv_head = T.render(table, "csv").splitlines()[0]
+    csv_head = Rd.render(table, "csv").splitlines()[0]
     assert csv_head.index("k=20") < csv_head.index("k=100")
-    assert T.param_key("k=20") < T.param_key("k=100") < T.param_key("k=200")
+    assert R.param_key("k=20") < R.param_key("k=100") < R.param_key("k=200")
 
 
 def test_eval_aliases_resolve_and_unknown_names_list_what_exists():
     present = ["knn", "linear-grid", "kmeans-spherical", "neural_collapse"]
-    assert T.resolve_evals(["linear", "clusters", "neural-collapse"], present) == [
+    assert R.resolve_evals(["linear", "clusters", "neural-collapse"], present) == [
         "linear-grid", "kmeans-spherical", "neural_collapse"]
     with pytest.raises(DinoevalError, match=r"unknown --eval 'bogus'.*knn, linear-grid"):
-        T.resolve_evals(["bogus"], present)
+        R.resolve_evals(["bogus"], present)
     with pytest.raises(DinoevalError, match=r"'dino_head' has no rows.*kmeans-spherical"):
-        T.resolve_evals(["dino_head"], present)
+        R.resolve_evals(["dino_head"], present)
     with pytest.raises(DinoevalError, match=r"--metric nmi: no such rows.*top1"):
-        T.select(T.normalize(three_backbones()), evals=["knn"], metrics=["nmi"])
+        R.select(R.normalize(three_backbones()), evals=["knn"], metrics=["nmi"])
 
 
 def test_labels_are_short_and_never_absolute_paths():
-    labels = T.default_labels([*SPECS.values(), "random:/abs/dino/checkpoint.pth"])
+    labels = L.default_labels([*SPECS.values(), "random:/abs/dino/checkpoint.pth"])
     assert labels == {SPECS["DINO"]: "dino/checkpoint.pth", SPECS["iBOT"]: "ibot/checkpoint.pth",
                       "pixels": "pixels", "random:/abs/dino/checkpoint.pth":
                       "random:dino/checkpoint.pth"}
     with pytest.raises(DinoevalError, match="must read NAME=SPEC"):
-        T.parse_labels(["DINO"])
-    df = T.apply_labels(T.normalize(three_backbones()), [("DINO", "dino/checkpoint.pth")])
+        L.parse_labels(["DINO"])
+    df = L.apply_labels(R.normalize(three_backbones()), [("DINO", "dino/checkpoint.pth")])
     assert set(df["label"]) == {"DINO", "ibot/checkpoint.pth", "pixels"}
     with pytest.raises(DinoevalError, match="no backbone matches"):
-        T.apply_labels(df, [("X", "nowhere.pth")])
+        L.apply_labels(df, [("X", "nowhere.pth")])
 
 
 def _paper(labels=()) -> T.Table:
@@ -110,7 +113,7 @@ def test_paper_preset_is_percent_with_the_best_of_each_column_in_bold():
     table = _paper()
     assert [c.title for c in table.columns] == ["k-NN@20 top-1", "Linear top-1", "NC1", "RankMe"]
     assert [r[0] for r in table.index] == ["DINO", "iBOT", "pixels"]
-    md = T.render(table, "markdown")
+    md = Rd.render(table, "markdown")
     lines = md.splitlines()
     assert lines[0] == ("| backbone | k-NN@20 top-1 (%) | Linear top-1 (%) | NC1 ↓ | RankMe |")
     # DINO: best linear and best (lowest) NC1; iBOT best k-NN@20; pixels best RankMe.
@@ -126,12 +129,12 @@ def test_paper_preset_averages_runs_under_one_label():
                            labels=[f"DINO={SPECS['DINO']}", "DINO=dino_seed2/checkpoint.pth"])
     i = [r[0] for r in table.index].index("DINO")
     assert table.runs[i, 0] == 2
-    assert T.cell_text(table, i, 0) == "82.0 ± 2.8"  # mean(80, 84), sample std 2.83
-    assert T.cell_text(table, i, 3) == "42 ± 2.828"
+    assert Rd.cell_text(table, i, 0) == "82.0 ± 2.8"  # mean(80, 84), sample std 2.83
+    assert Rd.cell_text(table, i, 3) == "42 ± 2.828"
 
 
 def test_latex_is_booktabs_and_structurally_sound():
-    tex = T.render(_paper(), "latex")
+    tex = Rd.render(_paper(), "latex")
     lines = tex.strip().splitlines()
     assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == 1
     assert r"\cline" not in tex and "nan" not in tex.lower() and "/home/" not in tex
@@ -146,7 +149,7 @@ def test_latex_is_booktabs_and_structurally_sound():
 def test_latex_escapes_labels_and_marks_missing_cells():
     df = concat([three_backbones(), _frame("my_model#1&2", [Row("knn", "top1", 0.5, "k=20")],
                                            "t9")])
-    tex = T.render(T.report_table([df], preset="paper"), "latex")
+    tex = Rd.render(T.report_table([df], preset="paper"), "latex")
     assert r"my\_model\#1\&2 & 50.0 & -- & -- & -- \\" in tex
 
 
@@ -156,8 +159,8 @@ def test_latex_compiles_with_pdflatex(tmp_path):
                    _scores(0.84, 0.87, 0.3, 44.0, 0.1), "t4")
     table = T.report_table([three_backbones(), seed2], preset="paper",
                            labels=[f"DINO={SPECS['DINO']}", "DINO=dino_seed2/checkpoint.pth"])
-    grouped = T.build_table(T.labelled_rows([three_backbones()], evals=["knn", "linear"]))
-    body = T.render(table, "latex") + "\n\n" + T.render(grouped, "latex")
+    grouped = T.build_table(R.labelled_rows([three_backbones()], evals=["knn", "linear"]))
+    body = Rd.render(table, "latex") + "\n\n" + Rd.render(grouped, "latex")
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}"
                                       "\\begin{document}\n" + body + "\\end{document}\n")
     r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
@@ -167,7 +170,7 @@ def test_latex_compiles_with_pdflatex(tmp_path):
 
 
 def test_json_has_one_record_per_cell_in_stored_units():
-    data = json.loads(T.render(_paper(), "json"))
+    data = json.loads(Rd.render(_paper(), "json"))
     assert data["columns"] == ["k-NN@20 top-1", "Linear top-1", "NC1", "RankMe"]
     dino_knn = next(c for c in data["cells"] if c["backbone"] == "DINO"
                     and c["column"] == "k-NN@20 top-1")
@@ -178,7 +181,7 @@ def test_json_has_one_record_per_cell_in_stored_units():
 def test_a_rerun_checkpoint_keeps_only_its_latest_version():
     old = _frame(SPECS["DINO"], _scores(0.10, 0.1, 9.0, 1.0, 0.1), "t0", ckpt_hash="old")
     table = T.report_table([old, three_backbones()], preset="paper")
-    assert T.cell_text(table, 0, 0) == "80.0"
+    assert Rd.cell_text(table, 0, 0) == "80.0"
     assert any("older checkpoint versions" in n for n in table.notes)
 
 
