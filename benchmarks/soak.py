@@ -63,7 +63,7 @@ def command(kind: str, rng: random.Random, ckpt: Path, cache: Path, table: Path)
         return ["linear", *base, "--train", train, "--val", val, "--epochs", "2", "--lr", "0.01",
                 "--wd", "0", "--cache-dir", str(cache), "--out", str(table)]
     if kind == "extract":
-        return ["extract", *base, "--data", rng.choice((train, val)), "--out", str(cache)]
+        return ["extract", *base, "--data", rng.choice((train, val)), "--cache-dir", str(cache)]
     return ["knn-bank", "--train-feats", "{train}", "--val-feats", "{val}", "--k", "5",
             "--out", str(table)]
 

@@ -238,7 +238,7 @@ def pretrain_checkpoint(config: DemoConfig, out_dir: Path, *,
     run_dir = out_dir / "pretrain"
     if (run_dir / "checkpoint.pth").exists():
         raise DinoevalError(f"{run_dir} already holds a pretraining run; delete it or pass "
-                            "--out to another folder")
+                            "--report-dir to another folder")
     result = train_loop(pcfg, run_dir, on_event=on_event)
     if result.checkpoint is None:
         raise DinoevalError(f"pretraining in {run_dir} wrote no checkpoint")

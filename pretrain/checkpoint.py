@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                 stale.unlink(missing_ok=True)
         path = path / CHECKPOINT_NAME
     if not path.exists():
-        raise DinoevalError(f"no checkpoint at {path}; start a run with --out DIR first")
+        raise DinoevalError(f"no checkpoint at {path}; start a run with --run-dir DIR first")
     from dinoeval.models.checkpoints import load_file
 
     obj = load_file(path)  # weights_only; one-line errors for empty, truncated or unsafe files

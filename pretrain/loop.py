@@ -297,7 +297,7 @@ def resume_config(out_dir: str | Path, **overrides: Any) -> PretrainConfig:
                  and v != getattr(cfg, k))
     if bad:
         raise DinoevalError(f"--resume continues the saved run; these options would change what it "
-                            f"computes: {', '.join(bad)} (start a new --out instead)")
+                            f"computes: {', '.join(bad)} (start a new --run-dir instead)")
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items()
                                        if k in RUN_CONTROL_FIELDS})
 
@@ -385,7 +385,7 @@ def _train_locked(cfg: PretrainConfig, env: DistEnv, device: torch.device, out: 
     ckpt = _check_resume(cfg, out) if resume else None
     if ckpt is None and (out / "checkpoint.pth").exists():
         raise DinoevalError(f"{out} already holds a run; pass --resume to continue it or choose "
-                            "another --out")
+                            "another --run-dir")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         data = build_data(cfg, source)

@@ -72,7 +72,7 @@ def test_demo_command_prints_the_table_and_targets(tiny_ckpt: Path, tmp_path: Pa
     out = tmp_path / "cli"
     res = CliRunner().invoke(app, [
         "demo", "--ckpt", str(tiny_ckpt), "--train", SMALL_TRAIN, "--test", SMALL_TEST,
-        "--attention-images", "0", "--linear-epochs", "1", "--out", str(out)])
+        "--attention-images", "0", "--linear-epochs", "1", "--report-dir", str(out)])
     assert res.exit_code == 0, res.output
     assert "k-NN" in res.output and "random" in res.output
     assert "vs pixels" in res.output
@@ -95,7 +95,7 @@ def test_demo_on_fashion_mnist_does_not_overwrite_the_shapes_results(
 
 
 def test_demo_command_rejects_unknown_data_with_exit_code_2(tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["demo", "--data", "imagenet", "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["demo", "--data", "imagenet", "--report-dir", str(tmp_path)])
     assert res.exit_code == 2
     assert "shapes" in res.output
 
@@ -103,7 +103,7 @@ def test_demo_command_rejects_unknown_data_with_exit_code_2(tmp_path: Path) -> N
 def test_demo_command_names_a_missing_checkpoint(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--ckpt", str(tmp_path / "nope.pth"),
                                    "--train", SMALL_TRAIN, "--test", SMALL_TEST,
-                                   "--out", str(tmp_path)])
+                                   "--report-dir", str(tmp_path)])
     assert res.exit_code == 2
 
 
@@ -111,7 +111,7 @@ def test_demo_pretrain_trains_a_short_schedule_then_evaluates_it(tmp_path: Path)
     out = tmp_path / "pre"
     args = ["demo", "--pretrain", "--pretrain-epochs", "1", "--pretrain-minutes", "0.1",
             "--train", SMALL_TRAIN, "--test", SMALL_TEST, "--attention-images", "4",
-            "--linear-epochs", "1", "--out", str(out)]
+            "--linear-epochs", "1", "--report-dir", str(out)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "pretraining" in res.output  # progress against the budget
@@ -131,7 +131,7 @@ def test_demo_pretrain_trains_a_short_schedule_then_evaluates_it(tmp_path: Path)
                                              ("--pretrain-minutes", "-1")])
 def test_demo_pretrain_rejects_a_bad_schedule_or_budget(tmp_path: Path, option: str,
                                                         value: str) -> None:
-    res = CliRunner().invoke(app, ["demo", "--pretrain", option, value, "--out", str(tmp_path)])
+    res = CliRunner().invoke(app, ["demo", "--pretrain", option, value, "--report-dir", str(tmp_path)])
     assert res.exit_code == 2
     assert option in res.output
     assert not (tmp_path / "pretrain").exists()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
 import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -83,7 +85,52 @@ def _first_sentence(doc: str) -> str:
     return (m.group(1) if m else first).rstrip(".:;")
 
 
+# Commands that print no table (they write files and say where): no --json.
+NO_TABLE_COMMANDS = frozenset({"extract", "extract-sharded", "pretrain"})
+
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print the table as one JSON array of rows on stdout (nothing else goes to "
+    "stdout; notes and progress stay on stderr).")]
+
+
+def option_names(fn: Any) -> set[str]:
+    """The option names (``--x``, ``-x``) a command function declares."""
+    import typing
+
+    names: set[str] = set()
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        for meta in typing.get_args(p.annotation)[1:]:
+            first = getattr(meta, "default", None)  # typer: Option("--x", ...) in Annotated
+            if isinstance(first, str) and first.startswith("-"):
+                names.add(first)
+            names.update(getattr(meta, "param_decls", None) or ())
+    return names
+
+
+def with_json(fn: Any) -> Any:
+    """``fn`` with a ``--json`` option: its tables go to stdout as one JSON document
+    (:func:`dinoeval.cli._common.json_output`)."""
+    from dinoeval.cli._common import json_output
+
+    sig = inspect.signature(fn, eval_str=True)
+    param = inspect.Parameter("json_", inspect.Parameter.KEYWORD_ONLY, default=False,
+                              annotation=JsonOpt)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()]
+
+    @functools.wraps(fn)
+    def command(*, json_: bool = False, **kw: Any) -> Any:
+        with json_output(json_):
+            return fn(**kw)
+
+    command.__signature__ = sig.replace(parameters=[*params, param])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in [*params, param]}
+    del command.__wrapped__  # typer must read the new signature
+    return command
+
+
 for _info in app.registered_commands:
+    if _info.name not in NO_TABLE_COMMANDS and "--json" not in option_names(_info.callback):
+        _info.callback = with_json(_info.callback)
     _doc = _info.help or (_info.callback.__doc__ if _info.callback else None)
     if _doc:
         _info.help = tidy_help(_doc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -23,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from dinoeval.errors import DinoevalError
 
@@ -31,6 +34,52 @@ out_console = Console()
 
 
 DEBUG_ENV = "DINOEVAL_DEBUG"
+
+
+def say(text: object, style: str = "", *, lead: str = "", lead_style: str = "") -> None:
+    """One line on stderr: ``lead`` (e.g. ``"wrote "``) in ``lead_style``, then ``text`` in
+    ``style``. Nothing is read as rich markup, so user strings (``digits:train[:200]``, paths,
+    class names) print as given; commands print through this, never an f-string rich would parse."""
+    line = Text.assemble((lead, lead_style), (str(text), style))
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+# --json: tables are collected and printed as one JSON document on stdout at the end.
+_JSON_ROWS: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
+    "dinoeval_json_rows", default=None)
+
+
+@contextlib.contextmanager
+def json_output(enabled: bool) -> Iterator[None]:
+    """While active with ``enabled``, :func:`print_results` (and every other table a command
+    prints) collects its rows instead of drawing; on a clean exit the rows are printed to stdout
+    as one JSON array, and nothing else is. Notes and progress stay on stderr."""
+    if not enabled:
+        yield
+        return
+    rows: list[dict[str, Any]] = []
+    token = _JSON_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _JSON_ROWS.reset(token)
+    out_console.file.write(json.dumps(rows, indent=1, default=str, allow_nan=False) + "\n")
+    out_console.file.flush()
+
+
+def json_rows() -> list[dict[str, Any]] | None:
+    """The rows being collected by an active ``--json`` (None without one)."""
+    return _JSON_ROWS.get()
+
+
+def emit_table(df: pd.DataFrame) -> bool:
+    """Under ``--json``: add ``df``'s rows (missing values as null) and return True."""
+    rows = json_rows()
+    if rows is None:
+        return False
+    clean = df.astype(object).where(pd.notna(df), None)
+    rows.extend(clean.to_dict(orient="records"))
+    return True
 
 
 def _error_line(message: str, code: int) -> typer.Exit:
@@ -88,6 +137,8 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
 
     Backbones show as short labels (full specs in the caption), text never ends in "…" (long
     cells fold), and a probe's per-setting held-out rows stay in ``--out`` only."""
+    if emit_table(df.drop(columns=["version", "timestamp"], errors="ignore")):
+        return
     show = df.drop(columns=["version", "timestamp", "ckpt_hash"], errors="ignore")
     caption = []
     grid = show["metric"].astype(str) == "val_top1" if "metric" in show else None
@@ -103,7 +154,7 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
     if drop_constant and len(show) > 1:
         for c in list(show.columns):
             if c not in ("metric", "value", "param") and show[c].astype(str).nunique() == 1:
-                caption.append(f"{c}={show[c].iloc[0]}")
+                caption.append(f"{c}={_caption_value(c, show[c].iloc[0])}")
                 show = show.drop(columns=c)
     table = Table(title=title, caption=escape(" · ".join(caption)) or None,
                   header_style="bold cyan")
@@ -111,8 +162,16 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
         table.add_column(escape(str(c)), overflow="fold",
                          justify="right" if c in ("value", "n", "seconds") else "left")
     for _, r in show.iterrows():
-        table.add_row(*[escape(_fmt(v)) for v in r])
+        table.add_row(*[escape(_caption_value(c, v).removesuffix(" s") if c == "seconds"
+                               else _fmt(v)) for c, v in r.items()])
     out_console.print(table)
+
+
+def _caption_value(column: str, v: object) -> str:
+    """A constant column in the caption: seconds as ``12.3 s``, numbers as in the table."""
+    if column == "seconds" and isinstance(v, int | float) and not pd.isna(v):
+        return f"{v:.1f} s"
+    return _fmt(v)
 
 
 def _fmt(v: object) -> str:
@@ -136,7 +195,7 @@ def write_results(df: pd.DataFrame, out: Path | None) -> None:
     from dinoeval.results import append_results
 
     path = append_results(out, df)
-    console.print(f"[green]appended {len(df)} rows to[/] {path}")
+    say(path, lead=f"appended {len(df)} rows to ", lead_style="green")
 
 
 # Options that are not fields of a config (those are generated: dinoeval.cli._options).
@@ -144,8 +203,40 @@ CkptOpt = Annotated[list[str], typer.Option(
     "--ckpt", "-c", help="Backbone: a checkpoint file or folder (DINO v1, DINOv2, DINOv3, "
     "XCiT, ResNet-50, Hugging Face exports, pretrain runs; `dinoeval inspect --families`), "
     "timm:NAME, random:ARCH or pixels. Repeat to compare several side by side.")]
-OutOpt = Annotated[Path | None, typer.Option(
-    "--out", "-o", help="Append the result rows to this .csv or .parquet table.")]
+OUT_HELP = "Append the result rows to this .csv or .parquet results table."
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)]
+"""``--out``: the one long results table, in every command that has the option (folders have
+their own names: ``--cache-dir``, ``--report-dir``, ``--run-dir``; ``report`` writes its
+rendered table to ``--save``). Old spellings are hidden aliases listed in :data:`RENAMED`."""
+
+RENAMED: dict[tuple[str, str], str] = {
+    ("extract", "--out"): "--cache-dir",
+    ("extract-sharded", "--out"): "--cache-dir",
+    ("attention", "--results"): "--out",
+    ("attention", "--out"): "--report-dir",  # only for a value that is not a .csv/.parquet table
+    ("demo", "--out"): "--report-dir",  # likewise
+    ("pretrain", "--out"): "--run-dir",
+    ("report", "--output"): "--save",
+}
+"""``(command, old option) -> new option``: the hidden, deprecated spellings still accepted."""
+
+
+def renamed(new_value: Any, old_value: Any, *, old: str, new: str) -> Any:
+    """The value of option ``new``, or of its deprecated spelling ``old`` (with a one-line note
+    on stderr); giving both is an error."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise DinoevalError(f"{old} is the old name of {new}; give only {new}")
+    say(f"{old} is deprecated here; use {new} (same meaning)", lead="note: ",
+        lead_style="yellow")
+    return old_value
+
+
+def is_table_path(path: Path | None) -> bool:
+    """Does ``path`` name a results table (``.csv``/``.parquet``)? Decides whether an old-style
+    ``--out FOLDER`` of ``attention``/``demo`` means the report folder (see :data:`RENAMED`)."""
+    return path is not None and path.suffix in (".csv", ".parquet")
 
 
 def _field_help(cls: type, name: str) -> str:
@@ -225,7 +316,7 @@ def run_each(ckpts: list[str], out: Path | None, title: str,
             with progress_factory() as pf:
                 result = run(spec, pf)
             for note in result.notes:
-                console.print(f"[dim]{spec}: {note}[/]")
+                say(f"{spec}: {note}", "dim")
             frames.append(result.frame)
             write_results(result.frame, out)  # each backbone's rows are saved at once
         print_results(concat(frames), title=title)
@@ -249,7 +340,7 @@ def progress_factory():  # -> Iterator[ProgressFactory]
         return
     with make_progress() as progress:
         def factory(description: str, total: int):
-            task = progress.add_task(description, total=total, rate="")
+            task = progress.add_task(escape(description), total=total, rate="")
             start = [None]
 
             def update(done: int) -> None:

@@ -153,6 +153,21 @@ def with_options(**groups: type | Group) -> Callable[[F], F]:
     return deco
 
 
+def _with_default(f: dataclasses.Field) -> str:
+    """A field's help plus its default (``--help`` of commands whose options default to "not
+    given", so the value that applies is still shown)."""
+    default = _field_default(f)
+    if "default" in f.metadata["help"].lower():  # the help says it already
+        return f.metadata["help"]
+    if isinstance(default, tuple):
+        shown = f.metadata.get("shown") or " ".join(str(v) for v in default)
+    elif isinstance(default, bool):
+        shown = "on" if default else "off"
+    else:
+        shown = "none" if default is None else str(default)
+    return f"{f.metadata['help']} (default: {shown})"
+
+
 def with_overrides(name: str, cls: type) -> Callable[[F], F]:
     """Add every option field of ``cls`` as an option that defaults to "not given".
 
@@ -175,7 +190,7 @@ def with_overrides(name: str, cls: type) -> Callable[[F], F]:
             tp = hints[f.name]
             opt_tp = _option_type(tp) if _is_tuple(tp) else (
                 tp if type(None) in typing.get_args(tp) else tp | None)
-            ann = Annotated[opt_tp, typer.Option(*_flags(f), help=f.metadata["help"],
+            ann = Annotated[opt_tp, typer.Option(*_flags(f), help=_with_default(f),
                                                  show_default=False)]
             generated.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                                default=None, annotation=ann))

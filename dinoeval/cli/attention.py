@@ -10,10 +10,13 @@ import typer
 
 from dinoeval.cli._common import (
     CkptOpt,
+    OutOpt,
     check_out,
-    console,
+    is_table_path,
     print_results,
     progress_factory,
+    renamed,
+    say,
     user_errors,
     write_results,
 )
@@ -24,8 +27,9 @@ from dinoeval.pipeline import AttentionConfig, BackboneOptions
 @with_options(config=AttentionConfig, backbone=Group(BackboneOptions, skip=("pixel_size",)))
 def attention(
     ckpt: CkptOpt,
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Report folder: index.html (self-contained) and figures/*.png.")],
+    report_dir: Annotated[Path | None, typer.Option(
+        help="Report folder to write: index.html (self-contained) and figures/*.png "
+        "(required).", show_default=False)] = None,
     data: Annotated[str | None, typer.Option(
         help="Image source, e.g. fashion-mnist:test or shapes:test (scored when it has ground "
         "truth).")] = None,
@@ -36,8 +40,8 @@ def attention(
         "--n", help="How many images of --data to score (the first N).")] = 16,
     show: Annotated[int, typer.Option(
         help="How many of them to draw in the report (the first ones).")] = 16,
-    results: Annotated[Path | None, typer.Option(
-        help="Append the Jaccard rows to this .csv or .parquet results table.")] = None,
+    out: OutOpt = None,
+    old_results: Annotated[Path | None, typer.Option("--results", hidden=True)] = None,
     png: Annotated[bool, typer.Option(help="Also write the figures as PNG files.")] = True,
     more_images: Annotated[list[Path] | None, typer.Argument(
         metavar="[FILE]...", help="More image files after --images FILE.",
@@ -50,9 +54,10 @@ def attention(
     Examples:
 
       dinoeval attention --ckpt runs/fm/checkpoint.pth --ckpt random:vit_tiny_p4_28
-      --data fashion-mnist:test --n 32 --out reports/attn
+      --data fashion-mnist:test --n 32 --report-dir reports/attn --out results.csv
 
-      dinoeval attention --ckpt A --images cat.jpg --images street.png --out reports/attn
+      dinoeval attention --ckpt A --images cat.jpg --images street.png
+      --report-dir reports/attn
     """
     import time
 
@@ -76,8 +81,9 @@ def attention(
         if n <= 0 or show < 0:
             raise DinoevalError(f"--n must be positive and --show >= 0, got {n} and {show}")
         backbone.check_specs(ckpt)
+        results, report_dir = _tables_and_folder(out, old_results, report_dir)
         check_out(results)
-        check_output_dir(out)
+        check_output_dir(report_dir, "--report-dir")
         source = FileListSource(images or []) if images else get_source(data or "")
         indices = list(range(min(n, len(source)))) if not images else list(range(len(source)))
         loaders = [functools.partial(backbone.load, s) for s in specs(ckpt)]
@@ -85,7 +91,7 @@ def attention(
             with progress_factory() as pf:
                 runs = run_attentions(loaders, source, indices, config, progress=pf)
             drawn = indices[:show]
-            html = write_attention_report(runs, [source.load(int(i)) for i in drawn], out,
+            html = write_attention_report(runs, [source.load(int(i)) for i in drawn], report_dir,
                                           captions=image_captions(source, drawn),
                                           data=source.spec, png_figures=png)
         except BadImageError as err:  # attention has no --skip-bad-images: say what to do here
@@ -93,23 +99,37 @@ def attention(
                                 "of the images drawn") from None
         frame = concat([attention_frame(run, source) for run in runs])
         for run in runs:
-            console.print(f"[dim]{run.label}: {run.prep}[/]", highlight=False)
+            say(f"{run.label}: {run.prep}", "dim")
             for note in run.notes:
-                console.print(f"[yellow]note:[/] {run.label}: {note}", highlight=False)
+                say(f"{run.label}: {note}", lead="note: ", lead_style="yellow")
         if len(frame):
             shown = frame[frame["metric"] == "jaccard"]
             shown = shown[shown["param"].isin(["head=best", "head=mean"])]
             print_results(shown, title="Attention-mask Jaccard (mean over images)")
         else:
-            console.print(f"[yellow]{source.spec} has no ground truth: maps drawn, not scored[/]")
+            say(f"{source.spec} has no ground truth: maps drawn, not scored", "yellow")
         write_results(frame, results)
         if results is not None:
             from dinoeval.pipeline import save_config
 
             save_config(results, backbone=backbone, attention=config, data=source.spec,
                         n=len(indices), report=str(html))
-        console.print(f"[green]report[/] {html} "
-                      f"[dim]({time.perf_counter() - start:.1f} s)[/]")
+        say(f"{html} ({time.perf_counter() - start:.1f} s)", lead="report ", lead_style="green")
+
+
+def _tables_and_folder(out: Path | None, old_results: Path | None,
+                       report_dir: Path | None) -> tuple[Path | None, Path]:
+    """``(results table, report folder)`` from ``--out``, ``--report-dir`` and the old spellings
+    (``--results TABLE``; ``--out FOLDER``, a value that is not a .csv/.parquet table)."""
+    from dinoeval.errors import DinoevalError
+
+    if out is not None and not is_table_path(out):
+        report_dir = renamed(report_dir, out, old="--out FOLDER", new="--report-dir")
+        out = None
+    out = renamed(out, old_results, old="--results", new="--out")
+    if report_dir is None:
+        raise DinoevalError("give --report-dir DIR: the folder the attention report goes to")
+    return out, report_dir
 
 
 def register(app: typer.Typer) -> None:

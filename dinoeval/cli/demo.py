@@ -6,18 +6,33 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from dinoeval.cli._common import console, out_console, progress_factory, user_errors
+from dinoeval.cli._common import (
+    OutOpt,
+    check_out,
+    console,
+    emit_table,
+    is_table_path,
+    json_rows,
+    out_console,
+    progress_factory,
+    renamed,
+    say,
+    user_errors,
+    write_results,
+)
 from dinoeval.cli._options import with_options
 from dinoeval.demo import DemoConfig
 
 
 @with_options(config=DemoConfig)
 def demo(
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for results.csv, results.md, report.html, attention/ "
-                            "(default: results/demo, or results/demo_fmnist with --data "
-                            "fashion-mnist).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        help="Folder for results.csv, results.md, report.html, attention/ (default: "
+             "results/demo, or results/demo_fmnist with --data fashion-mnist).",
+        show_default=False)] = None,
+    out: OutOpt = None,
     *, config: DemoConfig,
 ) -> None:
     """Show DINO's two emerging properties in minutes on a laptop CPU.
@@ -32,25 +47,32 @@ def demo(
 
       dinoeval demo --data fashion-mnist
 
-      dinoeval demo --pretrain --pretrain-epochs 10 --pretrain-minutes 6 --out runs/demo
+      dinoeval demo --pretrain --pretrain-epochs 10 --pretrain-minutes 6
+      --report-dir runs/demo
     """
     from dinoeval.demo import run_demo
 
     with user_errors():
+        if out is not None and not is_table_path(out):  # the old --out FOLDER
+            report_dir = renamed(report_dir, out, old="--out FOLDER", new="--report-dir")
+            out = None
+        check_out(out)
         cfg = config
         ds = cfg.dataset()
-        console.print(f"[bold]dinoeval demo[/] on {ds.title}")
+        say(f" on {ds.title}", lead="dinoeval demo", lead_style="bold")
         with progress_factory() as pf:
             events = _pretrain_events(cfg.pretrain_minutes) if cfg.pretrain else None
-            result = run_demo(cfg, out or Path(ds.out), progress=pf, on_pretrain_event=events)
+            result = run_demo(cfg, report_dir or Path(ds.out), progress=pf,
+                              on_pretrain_event=events)
         for note in result.notes:
-            console.print(f"[dim]{note}[/]")
+            say(note, "dim")
+        write_results(result.frame, out)
         _print_summary(result.summary, title=f"dinoeval demo — {ds.title}")
-        for t in result.targets:
-            colour = "green" if t.passed else "yellow"
-            out_console.print(f"[{colour}]{t.text()}[/]", highlight=False)
-        console.print(f"[green]wrote[/] {', '.join(str(p) for p in result.files.values())} "
-                      f"in {result.seconds:.0f} s")
+        for t in result.targets:  # under --json these go to stderr with the notes
+            line = Text(t.text(), style="green" if t.passed else "yellow")
+            (console if json_rows() is not None else out_console).print(line, highlight=False)
+        say(f"{', '.join(str(p) for p in result.files.values())} in {result.seconds:.0f} s",
+            lead="wrote ", lead_style="green")
 
 
 def _pretrain_events(minutes: float) -> Any:
@@ -59,32 +81,43 @@ def _pretrain_events(minutes: float) -> Any:
 
     def on_event(kind: str, row: dict[str, Any]) -> None:
         if kind == "step":
-            console.print(f"[dim]pretraining {float(row.get('elapsed_s', 0.0)):.0f}/{budget:.0f} s"
-                          f" · step {row['step']} · loss {row['loss']:.3f} · teacher entropy "
-                          f"{row['teacher_entropy']:.2f} · {row['images_per_s']:.0f} img/s[/]",
-                          highlight=False)
+            say(f"pretraining {float(row.get('elapsed_s', 0.0)):.0f}/{budget:.0f} s"
+                f" · step {row['step']} · loss {row['loss']:.3f} · teacher entropy "
+                f"{row['teacher_entropy']:.2f} · {row['images_per_s']:.0f} img/s", "dim")
         elif kind == "stop":
-            console.print(f"pretraining stopped ({row['reason']}) at step {row['step']}")
+            say(f"pretraining stopped ({row['reason']}) at step {row['step']}")
     return on_event
 
 
-# Narrow headers so the table fits an 80-column terminal (files keep the long names).
-_SHORT = {"k-NN top-1": "k-NN", "linear top-1": "linear", "k-means NMI": "NMI",
-          "k-means acc": "k-means acc", "attn Jaccard (mean of heads)": "Jaccard mean",
-          "attn Jaccard (best head)": "Jaccard best"}
-
-
 def _print_summary(summary: Any, *, title: str) -> None:
+    """The demo's summary, one column per backbone and one row per headline metric: three
+    backbones and a dozen metrics fit an 80-column terminal that way (a column per metric
+    needed ~200 columns and rich cut every cell). Under ``--json``: the summary rows."""
+    from rich.markup import escape
     from rich.table import Table
 
+    if emit_table(summary):
+        return
     table = Table(title=title, header_style="bold cyan",
                   caption="k-NN: k=20 · Jaccard of attention masks (60% mass) vs object masks")
-    for c in summary.columns:
-        table.add_column(_SHORT.get(str(c), str(c)),
-                         justify="left" if c in ("backbone", "arch") else "right")
-    for _, r in summary.iterrows():
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+    table.add_column("metric", overflow="fold")
+    names = [str(b) for b in summary["backbone"]]
+    for name in names:
+        table.add_column(escape(name), justify="right", overflow="fold")
+    for col in summary.columns:
+        if col == "backbone":
+            continue
+        cells = [_summary_cell(v) for v in summary[col]]
+        table.add_row(escape(str(col)), *[escape(c) for c in cells])
     out_console.print(table)
+
+
+def _summary_cell(v: Any) -> str:
+    import math
+
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
 
 
 def register(app: typer.Typer) -> None:

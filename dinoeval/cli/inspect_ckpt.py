@@ -82,6 +82,7 @@ def inspect(
     from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
@@ -91,7 +92,7 @@ def inspect(
     for note in info["notes"]:
         table.add_row("note", escape(note))
     out_console.print(Panel(table, title=escape(info["file"]), expand=False))
-    console.print(f"[dim]{escape(info['family_summary'])}[/]")
+    console.print(Text(info["family_summary"], style="dim"))
 
 
 def register(app: typer.Typer) -> None:

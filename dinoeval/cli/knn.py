@@ -11,13 +11,29 @@ from dinoeval.cli._common import (
     CkptOpt,
     OutOpt,
     check_out,
-    console,
     progress_factory,
     run_each,
+    say,
     user_errors,
 )
 from dinoeval.cli._options import Group, with_options
 from dinoeval.pipeline import BackboneOptions, ExtractOptions, KnnConfig
+
+CacheDirOutOpt = Annotated[Path | None, typer.Option(
+    "--cache-dir", help="Feature cache folder to write (required).", show_default=False)]
+OldCacheOutOpt = Annotated[Path | None, typer.Option("--out", "-o", hidden=True)]
+
+
+def cache_dir_given(cache_dir: Path | None, old_out: Path | None) -> Path:
+    """``--cache-dir`` (or its old spelling ``--out``), which extract commands require."""
+    from dinoeval.cli._common import renamed
+    from dinoeval.errors import DinoevalError
+
+    value = renamed(cache_dir, old_out, old="--out", new="--cache-dir")
+    if value is None:
+        raise DinoevalError("give --cache-dir DIR: the feature cache folder to write")
+    return value
+
 
 TrainOpt = Annotated[str, typer.Option(help="Train (bank) data, e.g. fashion-mnist:train.")]
 ValOpt = Annotated[str, typer.Option(help="Evaluation data, e.g. fashion-mnist:test.")]
@@ -46,26 +62,32 @@ def knn(ckpt: CkptOpt, train: TrainOpt, val: ValOpt, out: OutOpt = None, *,
 def extract(
     ckpt: Annotated[str, typer.Option("--ckpt", "-c", help="Backbone spec (see dinoeval --help).")],
     data: Annotated[str, typer.Option(help="Data spec, e.g. imagefolder:/data/train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Feature cache directory.")],
+    cache_dir: CacheDirOutOpt = None,
+    old_out: OldCacheOutOpt = None,
     *, extract: ExtractOptions, backbone: BackboneOptions,
 ) -> None:
     """Extract features to disk (features.npy, labels.npy, indices.npy, meta.json).
 
-    The directory is a feature cache: pass it as --cache-dir to knn/linear/collapse-stats and
-    they reuse the features when the checkpoint, data and settings match.
+    The --cache-dir folder is a feature cache: pass it as --cache-dir to knn, linear or
+    collapse-stats and they reuse the features when the checkpoint, data and settings match.
+    Example:
+
+      dinoeval extract --ckpt runs/fm/checkpoint.pth --data fashion-mnist:train
+      --cache-dir feats/
     """
     from dinoeval.checks import check_output_dir
     from dinoeval.pipeline import run_extract
 
     with user_errors():
-        check_output_dir(out)
+        out = cache_dir_given(cache_dir, old_out)
+        check_output_dir(out, "--cache-dir")
         backbone.check_specs([ckpt])
         with progress_factory() as pf:
             fs, path = run_extract(ckpt, data, out, backbone_opts=backbone, extract_opts=extract,
                                    progress=pf)
         skipped = fs.meta.get("skipped", 0)
-        console.print(f"[green]{len(fs)} x {tuple(fs.features.shape[1:])} features[/] -> {path}"
-                      + (f" [yellow](skipped {skipped} unreadable images)[/]" if skipped else ""))
+        say(f" -> {path}" + (f" (skipped {skipped} unreadable images)" if skipped else ""),
+            lead=f"{len(fs)} x {tuple(fs.features.shape[1:])} features", lead_style="green")
 
 
 def register(app: typer.Typer) -> None:

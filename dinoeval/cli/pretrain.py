@@ -12,54 +12,58 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
-from dinoeval.cli._common import console, user_errors
+from dinoeval.cli._common import console, renamed, say, user_errors
 from dinoeval.cli._options import with_overrides
 from dinoeval.errors import DinoevalError
-from pretrain.config import PretrainConfig
+from pretrain.config import RECIPE_DESCRIPTIONS, RECIPES, PretrainConfig
 
 Opt = typer.Option
 
 
 @with_overrides("given", PretrainConfig)
 def pretrain(
-    out: Annotated[Path | None, Opt(help="Run directory (checkpoint.pth, backbone.safetensors, "
-                                    "log.csv, epochs.csv).")] = None,
+    run_dir: Annotated[Path | None, Opt(help="Run folder to write (checkpoint.pth, "
+                                        "backbone.safetensors, log.csv, epochs.csv).")] = None,
+    old_out: Annotated[Path | None, Opt("--out", hidden=True)] = None,
     resume: Annotated[Path | None, Opt(help="Continue the run in this directory exactly where "
                                        "its last checkpoint stopped (bit-identical to an "
                                        "uninterrupted run only with the same --threads and "
                                        "device).")] = None,
-    recipe: Annotated[str | None, Opt(help="Named starting config (fmnist-cpu); options given "
-                                      "explicitly override it.")] = None,
+    recipe: Annotated[str | None, Opt(help=f"Named starting config ({', '.join(RECIPES)}; "
+                                      "listed above); options given explicitly override "
+                                      "it.")] = None,
     set_: Annotated[list[str] | None, Opt("--set", help="Any other PretrainConfig field: "
                                           "KEY=VALUE (JSON value), repeatable.")] = None,
     *, given: dict[str, Any],
 ) -> None:
     """DINO self-distillation pretraining; writes checkpoints dinoeval reads.
 
-      dinoeval pretrain --recipe fmnist-cpu --out runs/fm       (the shipped Fashion-MNIST ViT)
-      dinoeval pretrain --recipe shapes-cpu --out runs/shapes   (the shipped demo ViT, ~100 min)
+      dinoeval pretrain --recipe fmnist-cpu --run-dir runs/fm     (the shipped F-MNIST ViT)
+      dinoeval pretrain --recipe shapes-cpu --run-dir runs/shapes (the demo ViT, ~100 min)
       dinoeval pretrain --data fashion-mnist:train --arch vit_tiny --patch-size 4 --epochs 50
-          --out runs/fm2
+          --run-dir runs/fm2
       dinoeval pretrain --resume runs/fm
       torchrun --nproc-per-node 8 -m dinoeval pretrain --data imagefolder:/data/in1k/train
-          --arch vit_small --out runs/in1k
+          --arch vit_small --run-dir runs/in1k
     """
     from pretrain.config import recipe_config
     from pretrain.distributed import distributed_cleanup
     from pretrain.loop import resume_config, train_loop
 
     with user_errors(), distributed_cleanup():
+        out = renamed(run_dir, old_out, old="--out", new="--run-dir")
         overrides = {**given, **parse_set(set_ or [])}
         if resume is not None:
             if out is not None and out != resume:
-                raise DinoevalError("--resume DIR continues DIR; drop --out (or make it DIR)")
+                raise DinoevalError("--resume DIR continues DIR; drop --run-dir (or make it DIR)")
             if recipe:
                 raise DinoevalError("--resume uses the saved config; drop --recipe")
             cfg, run_dir = resume_config(resume, **overrides), resume
         else:
             if out is None:
-                raise DinoevalError("give --out DIR for a new run (or --resume DIR)")
+                raise DinoevalError("give --run-dir DIR for a new run (or --resume DIR)")
             cfg, run_dir = recipe_config(recipe, **overrides), out
         stop = _StopFlag()
         with _Reporter(cfg.epochs) as rep:
@@ -67,8 +71,8 @@ def pretrain(
                                 should_stop=stop)
         if int(os.environ.get("RANK", "0")) == 0:
             knn = "" if result.knn_top1 is None else f", teacher k-NN top-1 {result.knn_top1:.4f}"
-            console.print(f"[green]{result.stop_reason}[/]: step {result.step}, epoch "
-                          f"{result.epoch}{knn}; checkpoint {result.checkpoint}")
+            say(f": step {result.step}, epoch {result.epoch}{knn}; checkpoint "
+                f"{result.checkpoint}", lead=result.stop_reason, lead_style="green")
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -139,11 +143,23 @@ class _Reporter:
             knn = (f" k-NN top-1 {row['knn_top1']:.4f}" if row.get("knn_top1") is not None
                    else "")
             loss = "" if row["step"] == 0 else f" loss {row['loss']:.3f}"
-            self.progress.console.print(f"epoch {row['epoch']} (step {row['step']}){loss}{knn}")
+            self.progress.console.print(Text(f"epoch {row['epoch']} (step {row['step']}){loss}{knn}"))
             self.progress.update(self.task, completed=row["epoch"])
         elif kind == "checkpoint":
             self.progress.update(self.task, line=f"saved {row['path']} at step {row['step']}")
 
 
+def recipes_help() -> str:
+    """The ``--help`` paragraph listing every recipe with its one-line description."""
+    lines = [f"--recipe {name}: {RECIPE_DESCRIPTIONS.get(name, '(no description)')}"
+             for name in RECIPES]
+    return "Recipes (each option given explicitly overrides the recipe's value):\n\n" + \
+        "\n\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("pretrain", no_args_is_help=True)(pretrain)
+    import inspect
+
+    doc = inspect.cleandoc(pretrain.__doc__ or "")
+    app.command("pretrain", no_args_is_help=True,
+                help=f"{doc}\n\n{recipes_help()}")(pretrain)

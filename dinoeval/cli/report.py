@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dinoeval.cli._common import console, out_console, user_errors
+from dinoeval.cli._common import out_console, renamed, say, user_errors
 
 _FORMATS = ("markdown", "latex", "csv", "json")
 
@@ -35,9 +35,10 @@ def report(
              "one NAME to several runs (seeds) to get mean ± std. Repeat.", show_default=False)]
         = None,
     digits: Annotated[int, typer.Option(help="Decimals of percentages.")] = 1,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the table to this file instead of the terminal.",
+    save: Annotated[Path | None, typer.Option(
+        help="Write the rendered table to this file instead of the terminal.",
         show_default=False)] = None,
+    old_output: Annotated[Path | None, typer.Option("--output", "-o", hidden=True)] = None,
     html: Annotated[Path | None, typer.Option(
         help="Also write a self-contained HTML page with tables and plots.",
         show_default=False)] = None,
@@ -51,7 +52,7 @@ def report(
     """Pivot stored rows into one table: a row per backbone, a column per score.
 
     A paper table:
-    dinoeval report results.csv --preset paper --format latex -o table.tex
+    dinoeval report results.csv --preset paper --format latex --save table.tex
 
     An HTML page:
     dinoeval report results.csv --html reports/summary.html --pretrain-log runs/fm
@@ -61,6 +62,7 @@ def report(
 
     with user_errors():
         fmt = "json" if json_ else format
+        output = renamed(save, old_output, old="--output", new="--save")
         _check_paths(results, output=output, html=html, figures=figures,
                      pretrain_log=pretrain_log, fmt=fmt, digits=digits)
         from dinoeval.results import read_results
@@ -69,7 +71,7 @@ def report(
         table = report_table(frames, evals=eval or (), metrics=metric or (),
                                labels=label or (), preset=preset)
         for note in table.notes:
-            console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+            say(note, lead="note: ", lead_style="yellow")
         text = render.render(table, fmt, digits=digits)
         if html is not None or figures is not None:
             _write_pictures(frames, html=html, figures=figures, pretrain_log=pretrain_log,
@@ -79,7 +81,7 @@ def report(
         else:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(text)
-            console.print(f"[green]wrote[/] {output}")
+            say(output, lead="wrote ", lead_style="green")
 
 
 def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
@@ -93,7 +95,7 @@ def _check_paths(results: list[Path], *, output: Path | None, html: Path | None,
         raise DinoevalError(f"--format must be {', '.join(_FORMATS)}; got {fmt!r}")
     if not 0 <= digits <= 6:
         raise DinoevalError(f"--digits must be between 0 and 6, got {digits}")
-    for path, option in ((output, "--output"), (html, "--html")):
+    for path, option in ((output, "--save"), (html, "--html")):
         if path is None:
             continue
         check_output_path(path, option)
@@ -117,15 +119,15 @@ def _write_pictures(frames: list, *, html: Path | None, figures: Path | None,
     figs = table_figures(df)
     if figures is not None:
         paths = save_figures(figs, figures)
-        console.print(f"[green]wrote[/] {len(paths)} files ({len(figs)} figures, PNG and PDF) "
-                      f"to {figures}")
+        say(f"{len(paths)} files ({len(figs)} figures, PNG and PDF) to {figures}",
+            lead="wrote ", lead_style="green")
     if html is not None:
         from dinoeval.report.results_page import write_results_report
 
         per_class = {k: v for k, v in figs.items() if k.startswith("knn_per_class")}
         page = write_results_report(df.assign(backbone=df["label"]).drop(
             columns=["label", "setting"]), html, pretrain_log=pretrain_log, figures=per_class)
-        console.print(f"[green]wrote[/] {page}")
+        say(page, lead="wrote ", lead_style="green")
 
 
 def register(app: typer.Typer) -> None:

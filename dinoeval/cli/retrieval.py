@@ -25,6 +25,7 @@ from dinoeval.cli._common import (
     console,
     print_results,
     progress_factory,
+    say,
     user_errors,
     write_results,
 )
@@ -109,7 +110,7 @@ def retrieval(
                 run = run_retrieval(spec, q_src, g_src, backbone_opts=bopts, extract_opts=eopts,
                                     config=cfg, progress=pf)
             for note in run.notes:
-                console.print(f"[dim]{spec}: {note}[/]")
+                say(f"{spec}: {note}", "dim")
             runs.append(run)
             frames.append(run.frame)
             write_results(run.frame, out)
@@ -210,7 +211,7 @@ def copy_detection(
                 run = run_copy_detection(spec, bench, backbone_opts=bopts, extract_opts=eopts,
                                          config=cfg, progress=pf)
             for note in run.notes:
-                console.print(f"[dim]{spec}: {note}[/]")
+                say(f"{spec}: {note}", "dim")
             runs.append(run)
             frames.append(run.frame)
             write_results(run.frame, out)
@@ -237,7 +238,7 @@ def _write_html(html: Path | None, runs: list, title: str) -> None:
     from dinoeval.report.retrieval import write_retrieval_report
 
     path = write_retrieval_report(runs, html, title=title)
-    console.print(f"[green]wrote[/] {path}")
+    say(path, lead="wrote ", lead_style="green")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,13 +16,14 @@ import typer
 from dinoeval.cli._common import (
     OutOpt,
     check_out,
-    console,
     print_results,
     progress_factory,
+    say,
     user_errors,
     write_results,
 )
 from dinoeval.cli._options import Group, with_options
+from dinoeval.cli.knn import CacheDirOutOpt, OldCacheOutOpt, cache_dir_given
 from dinoeval.errors import DinoevalError
 from dinoeval.pipeline import BackboneOptions, ExtractOptions, KnnConfig
 from dinoeval.pipeline.knn_bank import KnnBankConfig
@@ -32,7 +33,8 @@ from dinoeval.pipeline.knn_bank import KnnBankConfig
 def extract_sharded(
     ckpt: Annotated[str, typer.Option("--ckpt", "-c", help="Backbone spec (see dinoeval --help).")],
     data: Annotated[str, typer.Option(help="Data spec, e.g. imagefolder:/data/train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Feature cache directory.")],
+    cache_dir: CacheDirOutOpt = None,
+    old_out: OldCacheOutOpt = None,
     rank: Annotated[int | None, typer.Option(
         help="Extract only this shard (without torchrun); default: torchrun's RANK.")] = None,
     world_size: Annotated[int | None, typer.Option(
@@ -46,7 +48,7 @@ def extract_sharded(
     On CUDA use --precision bf16 and a large --batch-size. Example:
 
       torchrun --nproc_per_node 8 -m dinoeval extract-sharded --ckpt dino.pth
-      --data imagefolder:/data/imagenet/train --out feats/ --device cuda --precision bf16
+      --data imagefolder:/data/imagenet/train --cache-dir feats/ --device cuda --precision bf16
       --batch-size 512
     """
     from dinoeval.data import get_source
@@ -55,6 +57,7 @@ def extract_sharded(
     from dinoeval.pipeline.knn_bank import init_distributed
 
     with user_errors():
+        out = cache_dir_given(cache_dir, old_out)
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
         backbone.check_specs([ckpt])
@@ -88,12 +91,12 @@ def extract_sharded(
         if in_group and rank != 0:  # rank 0 reports for the group
             return
         if fs is None:
-            console.print(f"[yellow]shard {rank} of {world_size} written to {out}; not merged yet: "
-                          "run the other ranks with the same settings (the call that completes "
-                          "the set merges them)[/]")
+            say(f"shard {rank} of {world_size} written to {out}; not merged yet: run the other "
+                "ranks with the same settings (the call that completes the set merges them)",
+                "yellow")
         else:
-            console.print(f"[green]{len(fs)} x {tuple(fs.features.shape[1:])} features[/] -> "
-                          f"{out}")
+            say(f" -> {out}", lead=f"{len(fs)} x {tuple(fs.features.shape[1:])} features",
+                lead_style="green")
 
 
 @with_options(config=Group(KnnConfig, skip=("per_class",)), bank=KnnBankConfig)
@@ -105,7 +108,7 @@ def knn_bank(
 ) -> None:
     """Weighted k-NN over a train bank read in memory-bounded blocks (exact).
 
-    Features come from `dinoeval extract --out DIR` (or extract-sharded). Under torchrun the bank
+    Features come from `dinoeval extract --cache-dir DIR` (or extract-sharded). Under torchrun the bank
     is split across ranks and the partial top-k lists merged. Example:
 
       dinoeval knn-bank --train-feats feats/train --val-feats feats/val --max-memory 1GB --k 20
@@ -125,9 +128,9 @@ def knn_bank(
                 dist.destroy_process_group()
         if rank != 0:  # every rank has the result; one writes it
             return
-        console.print(f"[dim]{facts['n_train']} bank rows in {facts['blocks']} block(s) of "
-                      f"{facts['block_rows']} per rank x {facts['world_size']} rank(s), "
-                      f"{facts['seconds']:.1f} s[/]")
+        say(f"{facts['n_train']} bank rows in {facts['blocks']} block(s) of "
+            f"{facts['block_rows']} per rank x {facts['world_size']} rank(s), "
+            f"{facts['seconds']:.1f} s", "dim")
         write_results(frame, out)
         if out is not None:
             from dinoeval.pipeline import save_config

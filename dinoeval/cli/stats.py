@@ -10,6 +10,7 @@ import typer
 from dinoeval.cli._common import CkptOpt, OutOpt, run_each
 from dinoeval.cli._options import Group, with_options
 from dinoeval.eval.linear import LinearProbeConfig
+from dinoeval.features import FEATURE_KINDS
 from dinoeval.pipeline import BackboneOptions, ClusterConfig, CollapseConfig, ExtractOptions
 
 
@@ -65,7 +66,7 @@ def collapse_stats(
     data: Annotated[str, typer.Option(help="Data to measure on, e.g. fashion-mnist:train.")],
     feature: Annotated[list[str] | None, typer.Option(
         "--feature", help="Backbone feature kinds; repeat to measure several (default cls): "
-                          "cls | cls-last4 | cls+avgpool | cls+avgpool-v2.")] = None,
+                          f"{' | '.join(k for k in FEATURE_KINDS if k != 'patch')}.")] = None,
     out: OutOpt = None,
     *, config: CollapseConfig, extract: ExtractOptions, backbone: BackboneOptions,
 ) -> None:

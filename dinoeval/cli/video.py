@@ -16,9 +16,9 @@ from dinoeval.cli._common import (
     OutOpt,
     backbone_options,
     check_out,
-    console,
     print_results,
     progress_factory,
+    say,
     user_errors,
     write_results,
 )
@@ -91,7 +91,7 @@ def video_seg(
             with progress_factory() as pf:
                 run = run_video_seg(backbone, dataset, config=run_cfg, progress=pf)
             for note in run.notes:
-                console.print(f"[dim]{spec}: {note}[/]")
+                say(f"{spec}: {note}", "dim")
             frames.append(run.frame)
             runs.append((spec, run))
             write_results(run.frame, out)
@@ -100,7 +100,7 @@ def video_seg(
         if html is not None:
             from dinoeval.report.video import write_video_report
 
-            console.print(f"[green]overlay strips ->[/] {write_video_report(html, runs)}")
+            say(write_video_report(html, runs), lead="overlay strips -> ", lead_style="green")
         if out is not None:
             save_config(out, backbone=bopts, video_seg=cfg)
 
@@ -176,7 +176,7 @@ def dense(
             with progress_factory() as pf:
                 run = run_dense(backbone, tr, te, config=cfg, progress=pf)
             for note in run.notes:
-                console.print(f"[dim]{spec}: {note}[/]")
+                say(f"{spec}: {note}", "dim")
             frames.append(run.frame)
             write_results(run.frame, out)
         df = concat(frames)

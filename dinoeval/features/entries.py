@@ -1,4 +1,4 @@
-"""Reading one feature-cache entry by its folder (what ``dinoeval extract --out DIR`` wrote)."""
+"""Reading one feature-cache entry by its folder (what ``dinoeval extract --cache-dir DIR`` wrote)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def find_entry(path: str | Path) -> Path:
         return path
     if not path.is_dir():
         raise DinoevalError(f"feature directory {path} not found; write one with dinoeval extract "
-                            "--out DIR")
+                            "--cache-dir DIR")
     entries = sorted(p for p in path.iterdir() if (p / "meta.json").exists()
                      and json.loads((p / "meta.json").read_text()).get("complete"))
     if len(entries) != 1:

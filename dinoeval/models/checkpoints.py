@@ -316,8 +316,8 @@ def split_checkpoint(obj: Any, *, checkpoint_key: str = "teacher", source: str =
     if not head:
         head = {k[len("head."):]: v for k, v in state.items()
                 if k.startswith("head.") and ("mlp." in k or "last_layer" in k)}
-    if head:
-        notes.append(f"found a DINO head ({len(head)} tensors): used by collapse statistics only")
+    if head:  # relevant to collapse-stats only, which says so itself: not a note of every command
+        log.debug("%s: found a DINO head (%d tensors)", source, len(head))
     backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
     if "register_tokens" in backbone or any(".ls1." in k for k in backbone):
         fmt = "dinov2" if fmt == "state_dict" else fmt

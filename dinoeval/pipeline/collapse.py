@@ -268,6 +268,8 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
     results: dict[str, Any] = {"features": fs}
 
     if config.head and backbone.head is not None:
+        notes.append("the checkpoint's DINO head is measured too (head-bottleneck, "
+                     "head-prototypes); --no-head to skip it")
         frames += _head_views(backbone, src, fs, labels, ckpt, backbone_opts, extract_opts,
                               config, ctx, views, notes, progress, results)
     elif config.head and backbone.kind == "vit":

@@ -80,7 +80,8 @@ class ExtractOptions:
     """How features are computed and cached."""
 
     feature: str = option(
-        "cls", help="cls | cls-last4 | cls+avgpool | cls+avgpool-v2 (patch for extract only).")
+        "cls", help=f"{' | '.join(FEATURE_KINDS)} (cls+gem: CLS and GeM p=4 of the patch "
+        "tokens; patch: the token grid, for extract only).")
     batch_size: int = option(128, help="Images per forward pass.")
     device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
     num_workers: int = option(0, help="DataLoader workers for image folders.", flag="--workers")

@@ -32,7 +32,7 @@ def test_cli_attention_writes_report_and_results(tmp_path, tiny_ckpt, monkeypatc
         files.append(str(p))
     out = tmp_path / "rep"
     r = CliRunner().invoke(app, ["attention", "--ckpt", str(tiny_ckpt), "--num-heads", "4",
-                                 "--images", *files, "--resize", "0", "--out", str(out)])
+                                 "--images", *files, "--resize", "0", "--report-dir", str(out)])
     assert r.exit_code == 0, r.output
     assert (out / "index.html").exists() and (out / "figures" / "image_001.png").exists()
     assert "not scored" in r.output
@@ -45,8 +45,8 @@ def test_cli_attention_writes_report_and_results(tmp_path, tiny_ckpt, monkeypatc
     monkeypatch.setitem(registry._REGISTRY, "tiny-fm", (lambda a, d: data, "test only"))
     res = tmp_path / "res.csv"
     r = CliRunner().invoke(app, ["attention", "-c", str(tiny_ckpt), "--num-heads", "4",
-                                 "--data", "tiny-fm", "--n", "2", "--out", str(out),
-                                 "--results", str(res), "--no-png"])
+                                 "--data", "tiny-fm", "--n", "2", "--report-dir", str(out),
+                                 "--out", str(res), "--no-png"])
     assert r.exit_code == 0, r.output
     df = read_results(res)
     assert set(df["param"]) >= {"head=best", "head=mean", "head=3"}
@@ -59,12 +59,12 @@ def test_cli_attention_writes_report_and_results(tmp_path, tiny_ckpt, monkeypatc
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--out", "x"], "exactly one of --data"),
-    (["--out", "x", "--data", "digits", "--fit", "stretch"], "--fit must be crop or pad"),
-    (["--out", "x", "--data", "digits", "--mass", "1.5"], "--mass must be in"),
-    (["--out", "x", "--data", "digits", "--block", "9"], "--block 9 out of range"),
-    (["--out", "x", "--images", "missing.png"], "missing.png not found"),
-    (["--out", "x", "stray.png"], "image files go after --images"),
+    (["--report-dir", "x"], "exactly one of --data"),
+    (["--report-dir", "x", "--data", "digits", "--fit", "stretch"], "--fit must be crop or pad"),
+    (["--report-dir", "x", "--data", "digits", "--mass", "1.5"], "--mass must be in"),
+    (["--report-dir", "x", "--data", "digits", "--block", "9"], "--block 9 out of range"),
+    (["--report-dir", "x", "--images", "missing.png"], "missing.png not found"),
+    (["--report-dir", "x", "stray.png"], "image files go after --images"),
 ])
 def test_cli_attention_bad_input_exits_2(args, message, tiny_ckpt):
     from typer.testing import CliRunner

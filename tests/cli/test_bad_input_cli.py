@@ -65,7 +65,7 @@ def test_cuda_without_a_gpu_is_one_line():
         pytest.skip("this machine has a GPU")
     out = _one_line_error(runner.invoke(app, [*KNN, "--ckpt", "pixels", "--device", "cuda"]))
     assert "no CUDA GPU is visible here; use --device cpu" in out
-    out = _one_line_error(runner.invoke(app, ["pretrain", "--out", "never", "--device", "gpu"]))
+    out = _one_line_error(runner.invoke(app, ["pretrain", "--run-dir", "never", "--device", "gpu"]))
     assert "'gpu' is not a torch device" in out
 
 
@@ -154,10 +154,11 @@ def test_outputs_that_are_files_or_folders(tmp_path):
     (tmp_path / "afile").write_text("x")
     afile = str(tmp_path / "afile")
     cases = [
-        (["extract", "--ckpt", "pixels", "--data", "digits:test", "--out", afile], "is a file"),
+        (["extract", "--ckpt", "pixels", "--data", "digits:test", "--cache-dir", afile],
+         "is a file"),
         (["attention", "--ckpt", "random:vit_tiny_p4_28", "--data",
-          "shapes:test@n=4,size=32,classes=3,seed=0", "--out", afile], "is a file"),
-        (["demo", "--out", afile, "--train", "shapes:train@n=40", "--test", "shapes:test@n=20"],
+          "shapes:test@n=4,size=32,classes=3,seed=0", "--report-dir", afile], "is a file"),
+        (["demo", "--report-dir", afile, "--train", "shapes:train@n=40", "--test", "shapes:test@n=20"],
          "is a file"),
     ]
     for args, msg in cases:
@@ -169,7 +170,7 @@ def test_report_never_overwrites_its_input(tmp_path):
     res = tmp_path / "res.csv"
     assert runner.invoke(app, [*KNN, "--ckpt", "pixels", "--out", str(res)]).exit_code == 0
     before = res.read_text()
-    for opt in ("-o", "--html"):
+    for opt in ("--save", "--html"):
         out = _one_line_error(runner.invoke(app, ["report", str(res), opt, str(res)]))
         assert "is one of the input tables" in out
     assert res.read_text() == before

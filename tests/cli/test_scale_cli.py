@@ -23,7 +23,7 @@ def ckpt(tmp_path, tiny_vit):
 
 
 def _extract(ckpt, data, out, *extra):
-    return runner.invoke(app, ["extract-sharded", "--ckpt", ckpt, "--data", data, "--out", str(out),
+    return runner.invoke(app, ["extract-sharded", "--ckpt", ckpt, "--data", data, "--cache-dir", str(out),
                                "--img-size", "16", "--batch-size", "16", *extra])
 
 

@@ -93,7 +93,7 @@ def test_flat_folder_extracts_and_is_refused_where_labels_are_needed(tmp_path, c
     for i in range(3):
         Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(flat / f"{i}.png")
     r = runner.invoke(app, ["extract", "--ckpt", ckpt, "--data", f"imagefolder:{flat}",
-                            "--out", str(tmp_path / "feats")])
+                            "--cache-dir", str(tmp_path / "feats")])
     assert r.exit_code == 0, r.output
     labelled = _folder(tmp_path / "train", ["cat"], n=2)
     import dinoeval.pipeline.clusters

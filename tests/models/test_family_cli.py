@@ -48,14 +48,14 @@ def _commands(ckpt: str, size: int, tmp) -> dict[str, list[str]]:
     return {
         "knn": ["knn", *common, "--train", "digits:train[:40]", "--val", "digits:test[:20]",
                 "--k", "5"],
-        "extract": ["extract", *common, "--data", "digits:test[:20]", "--out", str(tmp / "f")],
+        "extract": ["extract", *common, "--data", "digits:test[:20]", "--cache-dir", str(tmp / "f")],
         "linear": ["linear", *common, "--train", "digits:train[:40]", "--val",
                    "digits:test[:20]", "--epochs", "1", "--lr", "0.1", "--wd", "0"],
         "clusters": ["clusters", *common, "--data", "digits:test[:30]", "--seeds", "1"],
         "collapse-stats": ["collapse-stats", *common, "--data", "digits:train[:40]",
                            "--align-pairs", "4"],
         "attention": ["attention", "--ckpt", ckpt, "--data", "digits:test", "--n", "2",
-                      "--resize", str(size), "--out", str(tmp / "attn")],
+                      "--resize", str(size), "--report-dir", str(tmp / "attn")],
     }
 
 

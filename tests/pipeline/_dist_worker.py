@@ -24,7 +24,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     cache = str(work / "cache")
-    app(["extract-sharded", "--ckpt", ckpt, "--data", "digits:test[:37]", "--out", cache,
+    app(["extract-sharded", "--ckpt", ckpt, "--data", "digits:test[:37]", "--cache-dir", cache,
          "--img-size", "16", "--batch-size", "8"], standalone_mode=False)
     # distributed k-NN on the merged cache, through the CLI
     app(["knn-bank", "--train-feats", cache, "--val-feats", cache, "--k", "5",

@@ -62,12 +62,12 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(tmp_path):
     run = ["--epochs", "2", "--epoch-images", "256", "--knn-every", "0",
            "--set", "save_every_steps=1"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_pretrain(*run, "--out", str(full)), env=_env(), check=True,
+    subprocess.run(_pretrain(*run, "--run-dir", str(full)), env=_env(), check=True,
                    capture_output=True, timeout=_HANG)
     total = load_checkpoint(full)["step"]
     assert total == 16
 
-    proc = subprocess.Popen(_pretrain(*run, "--out", str(killed)), env=_env(),
+    proc = subprocess.Popen(_pretrain(*run, "--run-dir", str(killed)), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + _HANG
     try:
@@ -96,7 +96,7 @@ def test_two_process_gloo_run_trains_and_resumes(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2", "-m", "dinoeval", "pretrain"]
     res = subprocess.run([*torchrun, *TINY_ARGS, "--device", "cpu", "--epochs", "1",
-                          "--epoch-images", "128", "--out", str(out)],
+                          "--epoch-images", "128", "--run-dir", str(out)],
                          env=_env(), capture_output=True, text=True, timeout=_HANG)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = load_checkpoint(out)
@@ -111,13 +111,14 @@ def test_two_process_gloo_run_trains_and_resumes(tmp_path):
 def test_cli_runs_and_reports_errors(tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    args = ["pretrain", *TINY_ARGS, "--epochs", "1", "--epoch-images", "64", "--out", str(out)]
+    args = ["pretrain", *TINY_ARGS, "--epochs", "1", "--epoch-images", "64", "--run-dir",
+            str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (out / "checkpoint.pth").exists() and (out / "backbone.safetensors").exists()
     res = runner.invoke(app, ["pretrain", "--data", "digits:train"])
-    assert res.exit_code == 2 and "--out" in res.output
-    res = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "x"), "--set", "bogus=1"])
+    assert res.exit_code == 2 and "--run-dir" in res.output
+    res = runner.invoke(app, ["pretrain", "--run-dir", str(tmp_path / "x"), "--set", "bogus=1"])
     assert res.exit_code == 2 and "bogus" in res.output
     res = runner.invoke(app, ["pretrain", "--resume", str(out), "--lr", "0.1"])
     assert res.exit_code == 2 and "lr" in res.output
@@ -126,12 +127,12 @@ def test_cli_runs_and_reports_errors(tmp_path):
     # Fashion-MNIST's 14 px local crops with patch 4: a one-line error naming the fix, no run
     bad = tmp_path / "p4"
     res = runner.invoke(app, ["pretrain", "--recipe", "fmnist-cpu", "--patch-size", "4",
-                              "--out", str(bad)])
+                              "--run-dir", str(bad)])
     assert res.exit_code == 2, res.output
     assert "local crop side 14 px" in res.output and "local_size=N" in res.output
     assert not (bad / "checkpoint.pth").exists()
     res = runner.invoke(app, ["pretrain", "--recipe", "fmnist-cpu", "--img-size", "30",
-                              "--out", str(bad)])
+                              "--run-dir", str(bad)])
     assert res.exit_code == 2 and "--img-size" in res.output, res.output
 
 
