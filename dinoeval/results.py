@@ -27,11 +27,17 @@ network of a training checkpoint: ``teacher``/``student``, empty for a plain bac
 probes) and ``data``/``data_n`` (the spec and image count of the data the row is measured on).
 Tables written before these columns existed load with them missing (empty)."""
 
+LABEL_COLUMN = "label"
+"""The name the user gave a backbone (``--ckpt NAME=SPEC``), empty when none: rows, plots and
+reports show it instead of the spec. Not part of any identity or cache key; tables written
+before it existed load with it empty."""
+
 COLUMNS: tuple[str, ...] = (
-    "backbone", "ckpt_hash", "arch", "dataset", "split", "feature", *IDENTITY_COLUMNS, "eval",
+    "backbone", LABEL_COLUMN, "ckpt_hash", "arch", "dataset", "split", "feature", *IDENTITY_COLUMNS, "eval",
     "metric", "param", "value", "n", "seconds", "version", "timestamp",
 )
-REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in IDENTITY_COLUMNS)
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS
+                                         if c not in (*IDENTITY_COLUMNS, LABEL_COLUMN))
 _DTYPES = {"value": "float64", "n": "Int64", "seconds": "float64", "train_n": "Int64",
            "data_n": "Int64"}
 
@@ -63,6 +69,7 @@ class Context:
     train_n: int | None = None
     data: str = ""
     data_n: int | None = None
+    label: str = ""
 
 
 def to_frame(rows: Iterable[Row], context: Context, *, seconds: float | None = None) -> pd.DataFrame:
@@ -126,7 +133,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise DinoevalError(f"{path} is not a dinoeval results table (missing columns "
                             f"{', '.join(missing)})")
-    for c in IDENTITY_COLUMNS:  # a table from before these columns: missing values
+    for c in (*IDENTITY_COLUMNS, LABEL_COLUMN):  # a table from before these: missing values
         if c not in df.columns:
             df[c] = pd.NA if c in _DTYPES else ""
         elif c not in _DTYPES:

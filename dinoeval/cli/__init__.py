@@ -125,6 +125,8 @@ def with_json(fn: Any) -> Any:
     command.__signature__ = sig.replace(parameters=[*params, param])  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in [*params, param]}
     del command.__wrapped__  # typer must read the new signature
+    if hasattr(command, "__dinoeval_own__"):  # generated options (cli/_options.py): json_ is own
+        command.__dinoeval_own__ = [*command.__dinoeval_own__, "json_"]
     return command
 
 

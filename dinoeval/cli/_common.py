@@ -146,11 +146,8 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
         caption.append(f"{int(grid.sum())} per-setting val_top1 rows not shown (in --out)")
         show = show[~grid]
     if "backbone" in show and len(show):
-        from dinoeval.report.labels import default_labels
-
-        labels = default_labels(show["backbone"].astype(str).unique())
-        caption += [f"{short} = {spec}" for spec, short in labels.items() if short != spec]
-        show = show.assign(backbone=show["backbone"].astype(str).map(labels))
+        show, legend = _named_backbones(show)
+        caption += legend
     if drop_constant and len(show) > 1:
         for c in list(show.columns):
             if c not in ("metric", "value", "param") and show[c].astype(str).nunique() == 1:
@@ -165,6 +162,20 @@ def print_results(df: pd.DataFrame, *, title: str, drop_constant: bool = True) -
         table.add_row(*[escape(_caption_value(c, v).removesuffix(" s") if c == "seconds"
                                else _fmt(v)) for c, v in r.items()])
     out_console.print(table)
+
+
+def _named_backbones(show: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Rows with ``backbone`` replaced by its label (``--ckpt NAME=SPEC``) or a short name, and
+    the legend lines ``name = spec`` for the caption; the ``label`` column is dropped."""
+    from dinoeval.report.labels import default_labels
+
+    specs = show["backbone"].astype(str)
+    given = (show["label"].fillna("").astype(str).replace({"nan": "", "<NA>": ""})
+             if "label" in show else pd.Series("", index=show.index))
+    short = default_labels(specs.unique())
+    names = given.where(given != "", specs.map(short))
+    legend = [f"{n} = {s}" for n, s in dict.fromkeys(zip(names, specs, strict=True)) if n != s]
+    return show.assign(backbone=names).drop(columns="label", errors="ignore"), legend
 
 
 def _caption_value(column: str, v: object) -> str:
@@ -202,7 +213,50 @@ def write_results(df: pd.DataFrame, out: Path | None) -> None:
 CkptOpt = Annotated[list[str], typer.Option(
     "--ckpt", "-c", help="Backbone: a checkpoint file or folder (DINO v1, DINOv2, DINOv3, "
     "XCiT, ResNet-50, Hugging Face exports, pretrain runs; `dinoeval inspect --families`), "
-    "timm:NAME, random:ARCH or pixels. Repeat to compare several side by side.")]
+    "timm:NAME, random:ARCH or pixels; NAME=SPEC names it in tables, plots and reports "
+    "(a path that exists is never split). Repeat to compare several side by side.")]
+
+
+def parse_ckpt(value: str) -> tuple[str, str]:
+    """``(label, spec)`` of one ``--ckpt`` value; the label is ``""`` when none is given.
+
+    The rule: a value naming a file or folder that exists is a spec as given (so a path holding
+    ``=`` still works); otherwise ``NAME=SPEC`` when the text before the first ``=`` is non-empty
+    and holds no ``/`` or ``\\`` (``runs/lr=0.1/checkpoint.pth`` and ``C:\\runs\\a=b.pth`` stay
+    whole specs, and fail as missing files if they are). Raises :class:`DinoevalError` for
+    ``NAME=`` with nothing after it."""
+    if "=" not in value or Path(value).exists():
+        return "", value
+    name, _, spec = value.partition("=")
+    if not name.strip() or "/" in name or "\\" in name:
+        return "", value
+    if not spec.strip():
+        raise DinoevalError(f"--ckpt {value!r}: no backbone after the label; write NAME=SPEC, "
+                            "e.g. DINO=runs/a/checkpoint.pth")
+    return name.strip(), spec.strip()
+
+
+def labelled_specs(values: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The de-duplicated backbone specs of ``--ckpt`` values and their labels (spec -> label,
+    only for those given one). One spec under two labels is an error."""
+    specs: list[str] = []
+    labels: dict[str, str] = {}
+    for value in values:
+        label, spec = parse_ckpt(value)
+        if spec in specs and labels.get(spec, "") != label:
+            raise DinoevalError(f"--ckpt {spec} is given twice with different labels "
+                                f"({labels.get(spec, '') or 'none'} and {label or 'none'}); "
+                                "give it once")
+        if spec not in specs:
+            specs.append(spec)
+        if label:
+            labels[spec] = label
+    return specs, labels
+
+
+def with_label(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+    """``frame`` with its ``label`` column set (rows of one backbone)."""
+    return frame.assign(label=label) if len(frame) else frame
 OUT_HELP = "Append the result rows to this .csv or .parquet results table."
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help=OUT_HELP)]
 """``--out``: the one long results table, in every command that has the option (folders have
@@ -303,22 +357,24 @@ def run_each(ckpts: list[str], out: Path | None, title: str,
 
     ``--out`` and the backbone specs are checked first (``configs["backbone"]``), before any work.
     """
-    from dinoeval.pipeline import save_config, specs
+    from dinoeval.pipeline import save_config
     from dinoeval.results import concat
 
     with user_errors():
+        ckpts, labels = labelled_specs(ckpts)
         backbone = configs.get("backbone")
         if backbone is not None:
             backbone.check_specs(ckpts)
         check_out(out)
         frames = []
-        for spec in specs(ckpts):
+        for spec in ckpts:
             with progress_factory() as pf:
-                result = run(spec, pf)
+                result = run(spec, pf)  # the label stays out of the run (and the cache key)
             for note in result.notes:
-                say(f"{spec}: {note}", "dim")
-            frames.append(result.frame)
-            write_results(result.frame, out)  # each backbone's rows are saved at once
+                say(f"{labels.get(spec, spec)}: {note}", "dim")
+            frame = with_label(result.frame, labels.get(spec, ""))
+            frames.append(frame)
+            write_results(frame, out)  # each backbone's rows are saved at once
         print_results(concat(frames), title=title)
         if out is not None:
             save_config(out, **configs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Annotated
@@ -13,11 +14,13 @@ from dinoeval.cli._common import (
     OutOpt,
     check_out,
     is_table_path,
+    labelled_specs,
     print_results,
     progress_factory,
     renamed,
     say,
     user_errors,
+    with_label,
     write_results,
 )
 from dinoeval.cli._options import Group, with_options
@@ -80,6 +83,7 @@ def attention(
             raise DinoevalError("pass exactly one of --data SPEC or --images FILE ...")
         if n <= 0 or show < 0:
             raise DinoevalError(f"--n must be positive and --show >= 0, got {n} and {show}")
+        ckpt, labels = labelled_specs(ckpt)
         backbone.check_specs(ckpt)
         results, report_dir = _tables_and_folder(out, old_results, report_dir)
         check_out(results)
@@ -90,6 +94,8 @@ def attention(
         try:
             with progress_factory() as pf:
                 runs = run_attentions(loaders, source, indices, config, progress=pf)
+            runs = [dataclasses.replace(r, label=labels[r.spec]) if r.spec in labels else r
+                    for r in runs]  # the report's names; the run itself never saw the label
             drawn = indices[:show]
             html = write_attention_report(runs, [source.load(int(i)) for i in drawn], report_dir,
                                           captions=image_captions(source, drawn),
@@ -97,7 +103,8 @@ def attention(
         except BadImageError as err:  # attention has no --skip-bad-images: say what to do here
             raise BadImageError(err.path, err.reason, hint="fix or delete it, or leave it out "
                                 "of the images drawn") from None
-        frame = concat([attention_frame(run, source) for run in runs])
+        frame = concat([with_label(attention_frame(run, source), labels.get(run.spec, ""))
+                        for run in runs])
         for run in runs:
             say(f"{run.label}: {run.prep}", "dim")
             for note in run.notes:

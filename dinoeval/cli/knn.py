@@ -11,6 +11,7 @@ from dinoeval.cli._common import (
     CkptOpt,
     OutOpt,
     check_out,
+    parse_ckpt,
     progress_factory,
     run_each,
     say,
@@ -19,6 +20,9 @@ from dinoeval.cli._common import (
 from dinoeval.cli._options import Group, with_options
 from dinoeval.pipeline import BackboneOptions, ExtractOptions, KnnConfig
 
+OneCkptOpt = Annotated[str, typer.Option(
+    "--ckpt", "-c", help="Backbone spec (see dinoeval --help); NAME=SPEC accepted as in the "
+    "evaluation commands (the name is not part of the cache entry).")]
 CacheDirOutOpt = Annotated[Path | None, typer.Option(
     "--cache-dir", help="Feature cache folder to write (required).", show_default=False)]
 OldCacheOutOpt = Annotated[Path | None, typer.Option("--out", "-o", hidden=True)]
@@ -60,7 +64,7 @@ def knn(ckpt: CkptOpt, train: TrainOpt, val: ValOpt, out: OutOpt = None, *,
 
 @with_options(extract=Group(ExtractOptions, skip=("cache_dir",)), backbone=BackboneOptions)
 def extract(
-    ckpt: Annotated[str, typer.Option("--ckpt", "-c", help="Backbone spec (see dinoeval --help).")],
+    ckpt: OneCkptOpt,
     data: Annotated[str, typer.Option(help="Data spec, e.g. imagefolder:/data/train.")],
     cache_dir: CacheDirOutOpt = None,
     old_out: OldCacheOutOpt = None,
@@ -81,13 +85,15 @@ def extract(
     with user_errors():
         out = cache_dir_given(cache_dir, old_out)
         check_output_dir(out, "--cache-dir")
+        label, ckpt = parse_ckpt(ckpt)  # a label names the backbone, never the cache entry
         backbone.check_specs([ckpt])
         with progress_factory() as pf:
             fs, path = run_extract(ckpt, data, out, backbone_opts=backbone, extract_opts=extract,
                                    progress=pf)
         skipped = fs.meta.get("skipped", 0)
         say(f" -> {path}" + (f" (skipped {skipped} unreadable images)" if skipped else ""),
-            lead=f"{len(fs)} x {tuple(fs.features.shape[1:])} features", lead_style="green")
+            lead=f"{label + ': ' if label else ''}{len(fs)} x {tuple(fs.features.shape[1:])} "
+            "features", lead_style="green")
 
 
 def register(app: typer.Typer) -> None:

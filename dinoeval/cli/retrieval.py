@@ -23,10 +23,12 @@ from dinoeval.cli._common import (
     backbone_options,
     check_out,
     console,
+    labelled_specs,
     print_results,
     progress_factory,
     say,
     user_errors,
+    with_label,
     write_results,
 )
 
@@ -87,6 +89,7 @@ def retrieval(
     from dinoeval.results import concat
 
     with user_errors():
+        ckpt, labels = labelled_specs(ckpt)
         bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
                                  ckpts=ckpt)
         eopts = ExtractOptions(feature="cls", batch_size=batch_size, device=device,
@@ -110,12 +113,12 @@ def retrieval(
                 run = run_retrieval(spec, q_src, g_src, backbone_opts=bopts, extract_opts=eopts,
                                     config=cfg, progress=pf)
             for note in run.notes:
-                say(f"{spec}: {note}", "dim")
+                say(f"{labels.get(spec, spec)}: {note}", "dim")
             runs.append(run)
-            frames.append(run.frame)
-            write_results(run.frame, out)
+            frames.append(with_label(run.frame, labels.get(spec, "")))
+            write_results(frames[-1], out)
         print_results(concat(frames), title="Retrieval")
-        _write_html(html, runs, "Image retrieval")
+        _write_html(html, runs, "Image retrieval", labels)
         if out is not None:
             save_config(out, backbone=bopts, extract=eopts, retrieval=cfg)
 
@@ -180,6 +183,7 @@ def copy_detection(
     from dinoeval.results import concat
 
     with user_errors():
+        ckpt, labels = labelled_specs(ckpt)
         bopts = backbone_options(checkpoint_key, weights, None, num_heads, pixel_size, ckpts=ckpt)
         eopts = ExtractOptions(feature="cls", batch_size=batch_size, device=device,
                                num_workers=workers, precision=precision,
@@ -211,12 +215,12 @@ def copy_detection(
                 run = run_copy_detection(spec, bench, backbone_opts=bopts, extract_opts=eopts,
                                          config=cfg, progress=pf)
             for note in run.notes:
-                say(f"{spec}: {note}", "dim")
+                say(f"{labels.get(spec, spec)}: {note}", "dim")
             runs.append(run)
-            frames.append(run.frame)
-            write_results(run.frame, out)
+            frames.append(with_label(run.frame, labels.get(spec, "")))
+            write_results(frames[-1], out)
         print_results(concat(frames), title="Copy detection")
-        _write_html(html, runs, "Copy detection")
+        _write_html(html, runs, "Copy detection", labels)
         if out is not None:
             save_config(out, backbone=bopts, extract=eopts, copy_detection=cfg)
 
@@ -232,12 +236,13 @@ def _check_html(html: Path | None) -> None:
     check_output_path(html)
 
 
-def _write_html(html: Path | None, runs: list, title: str) -> None:
+def _write_html(html: Path | None, runs: list, title: str, labels: dict[str, str]) -> None:
     if html is None:
         return
     from dinoeval.report.retrieval import write_retrieval_report
 
-    path = write_retrieval_report(runs, html, title=title)
+    path = write_retrieval_report(runs, html, title=title,
+                                  labels=[labels.get(r.backbone, r.backbone) for r in runs])
     say(path, lead="wrote ", lead_style="green")
 
 

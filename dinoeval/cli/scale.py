@@ -16,14 +16,16 @@ import typer
 from dinoeval.cli._common import (
     OutOpt,
     check_out,
+    parse_ckpt,
     print_results,
     progress_factory,
     say,
     user_errors,
+    with_label,
     write_results,
 )
 from dinoeval.cli._options import Group, with_options
-from dinoeval.cli.knn import CacheDirOutOpt, OldCacheOutOpt, cache_dir_given
+from dinoeval.cli.knn import CacheDirOutOpt, OldCacheOutOpt, OneCkptOpt, cache_dir_given
 from dinoeval.errors import DinoevalError
 from dinoeval.pipeline import BackboneOptions, ExtractOptions, KnnConfig
 from dinoeval.pipeline.knn_bank import KnnBankConfig
@@ -31,7 +33,7 @@ from dinoeval.pipeline.knn_bank import KnnBankConfig
 
 @with_options(extract=Group(ExtractOptions, skip=("cache_dir",)), backbone=BackboneOptions)
 def extract_sharded(
-    ckpt: Annotated[str, typer.Option("--ckpt", "-c", help="Backbone spec (see dinoeval --help).")],
+    ckpt: OneCkptOpt,
     data: Annotated[str, typer.Option(help="Data spec, e.g. imagefolder:/data/train.")],
     cache_dir: CacheDirOutOpt = None,
     old_out: OldCacheOutOpt = None,
@@ -58,6 +60,7 @@ def extract_sharded(
 
     with user_errors():
         out = cache_dir_given(cache_dir, old_out)
+        _, ckpt = parse_ckpt(ckpt)  # a label names the backbone, never the cache entry
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
         backbone.check_specs([ckpt])
@@ -104,6 +107,8 @@ def knn_bank(
     train_feats: Annotated[Path, typer.Option(help="Feature cache (entry) of the train bank.")],
     val_feats: Annotated[Path, typer.Option(help="Feature cache (entry) of the queries.")],
     out: OutOpt = None,
+    label: Annotated[str, typer.Option(
+        help="Name of the backbone in tables, plots and reports (default: its spec).")] = "",
     *, config: KnnConfig, bank: KnnBankConfig,
 ) -> None:
     """Weighted k-NN over a train bank read in memory-bounded blocks (exact).
@@ -131,6 +136,7 @@ def knn_bank(
         say(f"{facts['n_train']} bank rows in {facts['blocks']} block(s) of "
             f"{facts['block_rows']} per rank x {facts['world_size']} rank(s), "
             f"{facts['seconds']:.1f} s", "dim")
+        frame = with_label(frame, label.strip())
         write_results(frame, out)
         if out is not None:
             from dinoeval.pipeline import save_config

@@ -16,10 +16,12 @@ from dinoeval.cli._common import (
     OutOpt,
     backbone_options,
     check_out,
+    labelled_specs,
     print_results,
     progress_factory,
     say,
     user_errors,
+    with_label,
     write_results,
 )
 
@@ -72,6 +74,7 @@ def video_seg(
     from dinoeval.results import concat
 
     with user_errors():
+        ckpt, labels = labelled_specs(ckpt)
         bopts = backbone_options(checkpoint_key, None, None, num_heads, None, ckpts=ckpt)
         cfg = VideoSegConfig(n_last_frames=n_last_frames, topk=topk, temperature=temperature,
                              radius=radius, short_side=short_side, multiple=multiple,
@@ -87,14 +90,15 @@ def video_seg(
             check_inputs(backbone, dataset, cfg)
         frames, runs = [], []
         for spec, backbone in zip(specs(ckpt), backbones, strict=True):
-            run_cfg = cfg if masks_dir is None else _with_masks(cfg, masks_dir, spec, len(ckpt))
+            name = labels.get(spec, spec)
+            run_cfg = cfg if masks_dir is None else _with_masks(cfg, masks_dir, name, len(ckpt))
             with progress_factory() as pf:
                 run = run_video_seg(backbone, dataset, config=run_cfg, progress=pf)
             for note in run.notes:
-                say(f"{spec}: {note}", "dim")
-            frames.append(run.frame)
-            runs.append((spec, run))
-            write_results(run.frame, out)
+                say(f"{name}: {note}", "dim")
+            frames.append(with_label(run.frame, labels.get(spec, "")))
+            runs.append((name, run))
+            write_results(frames[-1], out)
         df = concat(frames)
         print_results(df[df["param"] == ""], title="Video object segmentation (DAVIS J&F)")
         if html is not None:
@@ -161,6 +165,7 @@ def dense(
     from dinoeval.results import concat
 
     with user_errors():
+        ckpt, labels = labelled_specs(ckpt)
         bopts = backbone_options(checkpoint_key, None, None, num_heads, None, ckpts=ckpt)
         cfg = DenseConfig(methods=tuple(method) if method else METHODS, img_size=img_size,
                           targets=targets, k=k, temperature=temperature, max_bank=max_bank,
@@ -176,9 +181,9 @@ def dense(
             with progress_factory() as pf:
                 run = run_dense(backbone, tr, te, config=cfg, progress=pf)
             for note in run.notes:
-                say(f"{spec}: {note}", "dim")
-            frames.append(run.frame)
-            write_results(run.frame, out)
+                say(f"{labels.get(spec, spec)}: {note}", "dim")
+            frames.append(with_label(run.frame, labels.get(spec, "")))
+            write_results(frames[-1], out)
         df = concat(frames)
         print_results(df[df["metric"].isin(["mIoU", "pixel-acc"])], title="Dense evaluation")
         if out is not None:

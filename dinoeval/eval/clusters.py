@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,7 +160,8 @@ class ClusterResult:
 
 def cluster_scores(features: np.ndarray, labels: np.ndarray, *, k: int | None = None,
                    seeds: Sequence[int] = (0, 1, 2), spherical: bool = False, niter: int = 50,
-                   silhouette_samples: int = 10000, seed: int = 0) -> ClusterResult:
+                   silhouette_samples: int = 10000, seed: int = 0,
+                   on_step: Callable[[int], None] | None = None) -> ClusterResult:
     """k-means on every sample, scored against the labels, for each seed.
 
     Args:
@@ -170,6 +171,8 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, k: int | None = 
         seeds: one k-means run per seed.
         spherical: cosine k-means on L2-normalised features.
         silhouette_samples: rows (seeded by ``seed``) behind the silhouette score; 0 skips it.
+        on_step: progress callback, called with the number of steps done after each seed's
+            k-means and after the silhouette (``len(seeds) + 1`` steps).
     """
     from sklearn.metrics import silhouette_score
 
@@ -179,7 +182,11 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, k: int | None = 
     if not seeds:
         raise DinoevalError("give at least one k-means seed")
     k = int(k) if k is not None else len(np.unique(y))
-    runs = [kmeans(x, k, seed=s, spherical=spherical, niter=niter) for s in seeds]
+    runs = []
+    for i, s in enumerate(seeds, 1):
+        runs.append(kmeans(x, k, seed=s, spherical=spherical, niter=niter))
+        if on_step is not None:
+            on_step(i)
     per_seed = tuple(cluster_agreement(y, a) for a, _ in runs)
     first = runs[0][0]
     sil, sil_n = None, 0
@@ -192,6 +199,8 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, k: int | None = 
             sil_n = len(idx)
         else:
             log.info("silhouette skipped: the sample holds a single cluster")
+    if on_step is not None:
+        on_step(len(seeds) + 1)
     return ClusterResult(k=k, spherical=spherical, seeds=tuple(int(s) for s in seeds),
                          per_seed=per_seed, silhouette=sil, silhouette_n=sil_n,
                          assignments=first, n=len(x))

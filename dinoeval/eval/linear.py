@@ -287,7 +287,8 @@ def linear_probe(
         config: :class:`LinearProbeConfig` (defaults: 13 rates × 3 decays, 10 epochs).
         num_classes: C (default ``max(label) + 1``).
         device: where the heads train.
-        on_epoch: progress callback (grid mode), called with the epoch number.
+        on_epoch: progress callback: in grid mode called after every SGD epoch with its number;
+            in logreg mode after every fitted C (and the refit) with the number of fits done.
     """
     cfg = config or LinearProbeConfig()
     cfg.validate()
@@ -329,13 +330,17 @@ def linear_probe(
     else:
         settings = [{"C": cv} for cv in sorted(cfg.cs)]
         val_acc, fits, init = [], [], None
-        for s in settings:
+        for i, s in enumerate(settings, 1):
             init = fit_logreg(x[fit_t], y[fit_t], c, s["C"], max_iter=cfg.max_iter, init=init)
             fits.append(init)
             val_acc.append(_head_accuracy(x[val_t] @ init[0] + init[1], y[val_t]))
+            if on_epoch is not None:
+                on_epoch(i)
         best = _best(val_acc)
         w, b = (fit_logreg(x, y, c, settings[best]["C"], max_iter=cfg.max_iter, init=fits[best])
                 if cfg.refit else fits[best])
+        if on_epoch is not None and cfg.refit:
+            on_epoch(len(settings) + 1)
     if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
         raise DinoevalError("the chosen linear probe diverged; lower the learning rates")
 

@@ -68,11 +68,17 @@ class ClusterConfig:
                                 f"{self.seeds}")
 
 
-def evaluate_clusters(fs: FeatureSet, config: ClusterConfig = ClusterConfig()) -> ClusterResult:
-    """k-means of features in hand, scored against their labels."""
+def evaluate_clusters(fs: FeatureSet, config: ClusterConfig = ClusterConfig(), *,
+                      progress: ProgressFactory | None = None) -> ClusterResult:
+    """k-means of features in hand, scored against their labels (``progress``: one task whose
+    steps are the k-means seeds and the silhouette)."""
+    on_step = None if progress is None else progress(
+        f"{'spherical ' if config.spherical else ''}k-means ({len(config.seeds)} seeds + "
+        "silhouette)", len(config.seeds) + 1)
     return cluster_scores(fs.features, labelled(fs, "clustering scores"), k=config.k,
                           seeds=config.seeds, spherical=config.spherical, niter=config.niter,
-                          silhouette_samples=config.silhouette_samples, seed=config.seed)
+                          silhouette_samples=config.silhouette_samples, seed=config.seed,
+                          on_step=on_step)
 
 
 def run_clusters(ckpt: str, data: str | ImageSource, *,
@@ -86,7 +92,7 @@ def run_clusters(ckpt: str, data: str | ImageSource, *,
     src = require_labels(as_source(data), "clustering scores")  # before any work
     backbone = backbone_opts.load(ckpt)
     fs = get_features(backbone, src, extract_opts, progress)
-    result = evaluate_clusters(fs, config)
+    result = evaluate_clusters(fs, config, progress=progress)
     frame = to_frame(result.to_rows(), context_for(backbone, src, extract_opts.feature),
                      seconds=time.perf_counter() - t0)
     return Run(frame=frame, results={"clusters": result}, notes=notes(backbone, (fs, src)))

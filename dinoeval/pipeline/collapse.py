@@ -45,6 +45,7 @@ from dinoeval.eval.linear import LinearProbeConfig, LinearProbeResult, linear_pr
 from dinoeval.eval.neural_collapse import NeuralCollapseStats, nc4, neural_collapse_from_moments
 from dinoeval.features import FeatureSet
 from dinoeval.models import Backbone
+from dinoeval.pipeline.linear import probe_progress
 from dinoeval.pipeline.setup import (
     BackboneOptions,
     ExtractOptions,
@@ -178,9 +179,10 @@ def _collapse_from(m: Moments, x: np.ndarray, views: tuple[np.ndarray, np.ndarra
 
 
 def _neural_from(m: Moments, x: np.ndarray, labels: np.ndarray, cfg: CollapseConfig,
-                 probe: LinearProbeResult | None) -> tuple[NeuralCollapseStats, LinearProbeResult]:
-    if probe is None:
-        probe = linear_probe(x, labels, x, labels, config=cfg.probe)  # only W is used
+                 probe: LinearProbeResult | None, on_epoch: Callable[[int], None] | None = None
+                 ) -> tuple[NeuralCollapseStats, LinearProbeResult]:
+    if probe is None:  # only W is used
+        probe = linear_probe(x, labels, x, labels, config=cfg.probe, on_epoch=on_epoch)
     ncs = neural_collapse_from_moments(m, weight=probe.weight)
     dis, ncc = nc4(x, m.class_means, probe.weight, probe.bias, labels)
     return replace(ncs, nc4=dis, ncc_accuracy=ncc), probe
@@ -213,16 +215,24 @@ def evaluate_neural_collapse(fs: FeatureSet, config: CollapseConfig = CollapseCo
 
 
 def _feature_stats(x: np.ndarray, labels: np.ndarray | None, views: tuple | None,
-                   cfg: CollapseConfig, notes: list[str]) -> list[Row]:
+                   cfg: CollapseConfig, notes: list[str], progress: ProgressFactory | None = None,
+                   what: str = "features") -> list[Row]:
     """Collapse (and, with labels, neural-collapse) rows of one ``(N, D)`` view, from one pass
-    over the features."""
+    over the features. ``progress``: a task over the phases (moments, collapse statistics,
+    NC1-NC4) and one over the NC3/NC4 probe's epochs or fits."""
     n_cls = int(labels.max()) + 1 if labels is not None else None
     nc = labels is not None and cfg.neural_collapse
+    phase = (progress(f"{what}: collapse statistics (phases)", 3 if nc else 2)
+             if progress is not None else (lambda _: None))
     m = accumulate(x, labels if nc else None, num_classes=n_cls if nc else None)
+    phase(1)
     rows = _collapse_from(m, x, views, cfg).to_rows()
+    phase(2)
     if not nc:
         return rows
-    ncs, probe = _neural_from(m, x, labels, cfg, None)
+    ncs, probe = _neural_from(m, x, labels, cfg, None,
+                              probe_progress(progress, cfg.probe, f"{what}: NC3/NC4 probe"))
+    phase(3)
     notes.append(f"NC3/NC4 use a {cfg.probe.mode} linear probe trained on the same data "
                  f"({probe.chosen_text})")
     return rows + ncs.to_rows()
@@ -263,7 +273,8 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
                                        batch_size=opts.batch_size, device=opts.device)
 
     ctx = context_for(backbone, src, extract_opts.feature)
-    frames = [to_frame(_feature_stats(fs.features, labels, views(extract_opts), config, notes),
+    frames = [to_frame(_feature_stats(fs.features, labels, views(extract_opts), config, notes,
+                                      progress, extract_opts.feature),
                        ctx)]
     results: dict[str, Any] = {"features": fs}
 
@@ -319,7 +330,8 @@ def _head_views(backbone: Backbone, src: ImageSource, fs: FeatureSet, labels: np
     if pair_views is not None:
         pair_views = tuple(_head_pass(backbone.head, v, batch=cfg.head_batch,
                                       device=extract_opts.device) for v in pair_views)
-    out = [to_frame(_feature_stats(bottleneck, labels, pair_views, cfg, notes),
+    out = [to_frame(_feature_stats(bottleneck, labels, pair_views, cfg, notes, progress,
+                                   "head-bottleneck"),
                     _with_feature(ctx, "head-bottleneck"))]
     head = monitor.result()
     rows = head.to_rows()

@@ -28,22 +28,32 @@ from dinoeval.pipeline.setup import (
 from dinoeval.results import to_frame
 
 
+def probe_progress(progress: ProgressFactory | None, config: LinearProbeConfig,
+                   what: str = "") -> Callable[[int], None] | None:
+    """The ``on_epoch`` callback of :func:`~dinoeval.eval.linear.linear_probe` as one progress
+    task: SGD epochs in grid mode, fitted C values (and the refit) in logreg mode."""
+    if progress is None:
+        return None
+    lead = f"{what}: " if what else ""
+    if config.mode == "grid":
+        update = progress(f"{lead}linear heads ({len(config.learning_rates)} lr x "
+                          f"{len(config.weight_decays)} wd, epochs)",
+                          config.epochs * (2 if config.refit else 1))
+    else:
+        update = progress(f"{lead}logistic regression (fits over {len(config.cs)} C"
+                          f"{' + refit' if config.refit else ''})",
+                          len(config.cs) + (1 if config.refit else 0))
+    done = itertools.count(1)
+    return lambda _: update(next(done))
+
+
 def evaluate_linear(train: FeatureSet, test: FeatureSet,
                     config: LinearProbeConfig = LinearProbeConfig(), *,
                     num_classes: int | None = None, device: str = "cpu",
                     progress: ProgressFactory | None = None) -> LinearProbeResult:
     """Linear probe of features in hand: selected on a held-out split of ``train``, scored on
     ``test`` (see :func:`~dinoeval.eval.linear.linear_probe`)."""
-    on_epoch: Callable[[int], None] | None = None
-    if progress is not None and config.mode == "grid":
-        update = progress(f"linear heads ({len(config.learning_rates)} lr x "
-                          f"{len(config.weight_decays)} wd)",
-                          config.epochs * (2 if config.refit else 1))
-        epochs_done = itertools.count(1)
-
-        def on_epoch(_: int) -> None:
-            update(next(epochs_done))
-
+    on_epoch = probe_progress(progress, config)
     return linear_probe(train.features, labelled(train, "a linear probe"), test.features,
                         labelled(test, "a linear probe"), config=config,
                         num_classes=num_classes, device=device, on_epoch=on_epoch)

@@ -72,18 +72,25 @@ def parse_labels(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def apply_labels(df: pd.DataFrame, pairs: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
-    """``df`` with a ``label`` column: the given ``(name, spec)`` labels, else the defaults.
+    """``df`` with a ``label`` column: the given ``(name, spec)`` labels, else the label stored
+    with the row (``--ckpt NAME=SPEC`` when it was measured), else the defaults.
 
     A spec matches a backbone equal to it, a backbone path ending in it, or a checkpoint hash
     starting with it; one that matches nothing is an error naming the stored backbones."""
     backbones = list(dict.fromkeys(df["backbone"].astype(str)))
-    labels = default_labels(backbones)
+    shown = default_labels(backbones)
+    stored = (df["label"].fillna("").astype(str).replace({"nan": "", "<NA>": ""})
+              if "label" in df else pd.Series("", index=df.index))
+    labels: dict[str, str] = {}
     for name, spec in pairs:
         hit = [b for b in backbones if b == spec or b.endswith("/" + spec.lstrip("./"))]
         hashes = df.loc[df["ckpt_hash"].astype(str).str.startswith(spec), "backbone"]
         hit += [b for b in hashes.astype(str).unique() if b not in hit]
         if not hit:
             raise DinoevalError(f"--label {name}={spec}: no backbone matches; the tables hold "
-                                f"{', '.join(labels.values())}")
+                                f"{', '.join(shown.values())}")
         labels.update(dict.fromkeys(hit, name))
-    return df.assign(label=df["backbone"].astype(str).map(labels))
+    spec = df["backbone"].astype(str)
+    given = spec.map(lambda s: labels.get(s, ""))
+    per_row = given.where(given != "", stored.where(stored != "", spec.map(shown)))
+    return df.assign(label=per_row)

@@ -42,9 +42,9 @@ def write_results_report(df: pd.DataFrame, out: Path, *, pretrain_log: Path | No
     Returns:
         ``out``.
     """
-    from dinoeval.results import COLUMNS
+    from dinoeval.results import REQUIRED_COLUMNS
 
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise DinoevalError(f"not a dinoeval results table (missing columns {', '.join(missing)})")
     out = Path(out)

@@ -64,9 +64,10 @@ def _args(name: str, tmp: Path, ckpt: str, monkeypatch) -> list[str] | None:
     table = tmp / "res.csv"
     if name == "knn-bank":
         tr, va = _feature_caches(tmp)
-        return ["--train-feats", tr, "--val-feats", va, "--k", "3", "--max-memory", "16GB"]
+        return ["--train-feats", tr, "--val-feats", va, "--k", "3", "--max-memory", "16GB",
+                "--label", "PIX"]
     if name == "report":
-        r = runner.invoke(app, ["knn", "-c", "pixels", "--train", "digits:train[:60]", "--val",
+        r = runner.invoke(app, ["knn", "-c", "PIX=pixels", "--train", "digits:train[:60]", "--val",
                                 "digits:test[:12]", "--k", "3", "--out", str(table)])
         assert r.exit_code == 0, r.output
         return [str(table)]
@@ -74,19 +75,19 @@ def _args(name: str, tmp: Path, ckpt: str, monkeypatch) -> list[str] | None:
         _fake_demo(monkeypatch)
         return ["--report-dir", str(tmp / "demo")]
     args = {
-        "knn": ["-c", "pixels", "--train", "digits:train[:60]", "--val", "digits:test[:12]",
+        "knn": ["-c", "PIX=pixels", "--train", "digits:train[:60]", "--val", "digits:test[:12]",
                 "--k", "3"],
-        "linear": ["-c", "pixels", "--train", "digits:train[:60]", "--val", "digits:test[:12]",
+        "linear": ["-c", "PIX=pixels", "--train", "digits:train[:60]", "--val", "digits:test[:12]",
                    "--mode", "logreg", "--c", "0.1", "--c", "1"],
-        "clusters": ["-c", "pixels", "--data", "digits:test[:40]"],
-        "collapse-stats": ["-c", "pixels", "--data", "digits:test[:40]"],
-        "attention": ["-c", ckpt, "--data", "shapes:test@n=2,size=16", "--n", "2",
+        "clusters": ["-c", "PIX=pixels", "--data", "digits:test[:40]"],
+        "collapse-stats": ["-c", "PIX=pixels", "--data", "digits:test[:40]"],
+        "attention": ["-c", f"VIT={ckpt}", "--data", "shapes:test@n=2,size=16", "--n", "2",
                       "--report-dir", str(tmp / "attn")],
-        "retrieval": ["-c", "pixels", "--query", "digits:test[:20]", "--pixel-size", "8"],
-        "copy-detection": ["-c", "pixels", "--data", "digits:test[:40]", "--originals", "4",
+        "retrieval": ["-c", "PIX=pixels", "--query", "digits:test[:20]", "--pixel-size", "8"],
+        "copy-detection": ["-c", "PIX=pixels", "--data", "digits:test[:40]", "--originals", "4",
                            "--n-distractors", "8", "--n-whitening", "10", "--pixel-size", "8"],
-        "video-seg": ["-c", "pixels", "--data", VIDEOS, "--pixel-patch", "8"],
-        "dense": ["-c", "pixels", "--train", "shapes:train@n=4,size=16", "--test",
+        "video-seg": ["-c", "PIX=pixels", "--data", VIDEOS, "--pixel-patch", "8"],
+        "dense": ["-c", "PIX=pixels", "--train", "shapes:train@n=4,size=16", "--test",
                   "shapes:test@n=2,size=16", "--method", "knn", "--k", "3", "--pixel-patch", "8"],
         "inspect": [ckpt],
     }
@@ -116,3 +117,8 @@ def test_json_prints_one_document_on_stdout_and_nothing_else(name, tmp_path, vit
         assert {"backbone", "eval", "metric", "value"} <= set(rows[0])
     if name == "demo":
         assert [row["backbone"] for row in rows] == ["DINO", "random init", "pixels"]
+    if "label" in rows[0]:  # every --ckpt took NAME=SPEC: the name is in every row
+        assert {row["label"] for row in rows} <= {"PIX", "VIT"}, rows
+        assert {row["backbone"] for row in rows} <= {"pixels", vit_ckpt}, rows
+    if name == "report":
+        assert "PIX" in r.stdout, r.stdout

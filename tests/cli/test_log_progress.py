@@ -41,3 +41,33 @@ def test_lines_say_done_total_rate_and_eta_and_heartbeats_fill_silences():
     assert "extract: 250/1,000 (25.0%) · " in text and "ETA" in text
     assert "extract: done, 1,000 in" in text
     assert "working (after extract)" in text
+
+
+def test_statistics_phases_report_progress_when_redirected(monkeypatch):
+    """k-means, the logistic-regression probe and collapse statistics each write their own
+    progress lines (steps done of total), not only the heartbeat."""
+    from typer.testing import CliRunner
+
+    from dinoeval.cli import app
+
+    monkeypatch.setenv("DINOEVAL_PROGRESS_EVERY", "0")
+    runner = CliRunner()
+    cases = {
+        ("clusters", "-c", "pixels", "--data", "digits:test[:60]", "--seeds", "2"):
+            ["k-means (2 seeds + silhouette): started, 3 to do",
+             "k-means (2 seeds + silhouette): done, 3 in"],
+        ("linear", "-c", "pixels", "--train", "digits:train[:80]", "--val", "digits:test[:20]",
+         "--mode", "logreg", "--c", "0.1", "--c", "1"):
+            ["logistic regression (fits over 2 C + refit): started, 3 to do",
+             "logistic regression (fits over 2 C + refit): done, 3 in"],
+        ("collapse-stats", "-c", "pixels", "--data", "digits:test[:60]"):
+            ["cls: collapse statistics (phases): started, 3 to do",
+             "cls: collapse statistics (phases): done, 3 in",
+             "cls: NC3/NC4 probe: linear heads"],
+    }
+    for args, wanted in cases.items():
+        r = runner.invoke(app, list(args))
+        assert r.exit_code == 0, r.output
+        for text in wanted:
+            assert text in r.stderr, (args, text, r.stderr)
+        assert "\x1b[" not in r.stderr and "\r" not in r.stderr
