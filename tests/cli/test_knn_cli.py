@@ -62,7 +62,7 @@ def test_knn_does_not_lose_rows_already_written(tmp_path, ckpt):
 
 def test_extract_then_report(tmp_path, ckpt):
     feats = tmp_path / "feats"
-    r = runner.invoke(app, ["extract", "--ckpt", ckpt, "--data", "digits[:50]", "--out",
+    r = runner.invoke(app, ["extract", "--ckpt", ckpt, "--data", "digits[:50]", "--cache-dir",
                             str(feats), "--img-size", "16", "--feature", "cls-last4"])
     assert r.exit_code == 0, r.output
     entries = [p for p in feats.iterdir() if not p.name.startswith(".")]
