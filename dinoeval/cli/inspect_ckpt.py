@@ -39,11 +39,16 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _families_table() -> None:
+def _families_table(as_json: bool = False) -> None:
     from rich.table import Table
 
     from dinoeval.models.registry import families
 
+    if as_json:
+        out_console.print_json(json.dumps([
+            {"family": f.name, "reads": f.summary, "evaluation": f.evaluation,
+             "position resampling": f.resampling} for f in families()]))
+        return
     table = Table(title="checkpoint families (detection order)")
     for col in ("family", "reads", "evaluation", "position resampling"):
         table.add_column(col, overflow="fold")
@@ -64,7 +69,7 @@ def inspect(
     evaluation resolution, registers, networks held, head, center, epoch and ignored keys."""
     with user_errors():
         if list_families:
-            _families_table()
+            _families_table(as_json)
             return
         if ckpt is None:
             from dinoeval.errors import DinoevalError

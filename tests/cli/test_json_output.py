@@ -122,3 +122,10 @@ def test_json_prints_one_document_on_stdout_and_nothing_else(name, tmp_path, vit
         assert {row["backbone"] for row in rows} <= {"pixels", vit_ckpt}, rows
     if name == "report":
         assert "PIX" in r.stdout, r.stdout
+
+
+def test_inspect_families_json_is_one_document():
+    r = runner.invoke(app, ["inspect", "--families", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert {"dino", "dinov2"} <= {row["family"] for row in rows}
