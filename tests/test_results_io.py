@@ -93,7 +93,7 @@ def test_a_cut_last_line_is_reported_not_kept_as_a_half_row(tmp_path):
     lines = path.read_text().splitlines(keepends=True)
     last = lines[-1]
     path.write_text("".join(lines[:-1]) + last[: last.index(",knn,")])  # killed mid-line
-    with pytest.raises(DinoevalError, match=r"line 4 has \d+ fields where the header has 20 "
+    with pytest.raises(DinoevalError, match=rf"line 4 has \d+ fields where the header has {len(COLUMNS)} "
                                             r"\(the last line, cut short\?\)"):
         read_results(path)
     before = path.read_text()
@@ -108,5 +108,6 @@ def test_a_malformed_middle_row_is_reported(tmp_path):
     lines = path.read_text().splitlines(keepends=True)
     lines[2] = lines[2].rstrip("\n") + ",extra\n"
     path.write_text("".join(lines))
-    with pytest.raises(DinoevalError, match="line 3 has 21 fields where the header has 20; "):
+    with pytest.raises(DinoevalError, match=f"line 3 has {len(COLUMNS) + 1} fields where the "
+                                            f"header has {len(COLUMNS)}; "):
         read_results(path)
