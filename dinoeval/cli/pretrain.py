@@ -47,7 +47,8 @@ def pretrain(
     """
     from pretrain.config import recipe_config
     from pretrain.distributed import distributed_cleanup
-    from pretrain.loop import resume_config, train_loop
+    from pretrain.loop import train_loop
+    from pretrain.state import resume_config
 
     with user_errors(), distributed_cleanup():
         overrides = {**given, **parse_set(set_ or [])}
