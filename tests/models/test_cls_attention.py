@@ -98,3 +98,24 @@ def test_explicit_attention_on_cuda_matches_cpu():
     gpu = cls_attention(model.cuda(), x.cuda(), num_prefix_tokens=prefix)
     # cuDNN may run the patch-embedding convolution in TF32.
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-3, atol=2e-4)
+
+
+def test_an_adapter_must_read_tokens_and_say_whether_it_has_attention():
+    from dinoeval.errors import DinoevalError
+    from dinoeval.models.registry import Adapter
+    from dinoeval.models.resnet import RESNET_ADAPTER
+
+    with pytest.raises(TypeError, match="abstract"):
+        Adapter()
+
+    class NoTokens(Adapter):
+        no_attention = "none"
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoTokens()
+    with pytest.raises(TypeError, match="implement cls_attention or set no_attention"):
+        class Silent(Adapter):  # claims attention, reads none
+            def tokens(self, model, x, n_last):
+                return []
+    with pytest.raises(DinoevalError, match="ResNet has no self-attention"):
+        RESNET_ADAPTER.cls_attention(torch.nn.Identity(), torch.zeros(1, 3, 8, 8), -1, 1)
