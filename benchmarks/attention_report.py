@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 from dinoeval.data import get_source
-from dinoeval.eval.attention import cls_attention
 from dinoeval.models import load_backbone
+from dinoeval.models.attention import cls_attention
 from dinoeval.pipeline.attention import AttentionConfig, image_captions, run_attentions
 from dinoeval.report.attention_page import write_attention_report
 

@@ -42,7 +42,8 @@ import torch  # noqa: E402
 from pretrain.config import PretrainConfig, recipe_config  # noqa: E402
 from pretrain.data import TrainData  # noqa: E402
 from pretrain.distributed import DistEnv  # noqa: E402
-from pretrain.loop import (  # noqa: E402
+from pretrain.schedules import Schedules  # noqa: E402
+from pretrain.step import (  # noqa: E402
     Trainer,
     build_augment,
     build_loss,
@@ -50,7 +51,6 @@ from pretrain.loop import (  # noqa: E402
     build_optimizer,
     train_step,
 )
-from pretrain.schedules import Schedules  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

@@ -1,4 +1,5 @@
-"""The DINO training loop: ``build_*`` pieces, one ``train_step`` and ``train_loop``.
+"""The DINO training run: ``train_loop`` over the steps of :mod:`pretrain.step`, with logs,
+online k-NN, checkpoints (:mod:`pretrain.state`) and the run-folder lock.
 
 Runs as one process on a CPU or a GPU without any process group, or under ``torchrun`` with DDP
 (``gloo`` on CPUs, ``nccl`` on GPUs). The global batch is split evenly over the ranks, so the
@@ -12,294 +13,41 @@ resumed run therefore replays exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from dinoeval._io import try_lock_exclusive
 from dinoeval.data import get_source
 from dinoeval.errors import DinoevalError
-from dinoeval.models import DINOHead
-from pretrain.augment import MultiCrop
 from pretrain.checkpoint import CHECKPOINT_NAME, RUN_LOCK, load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.data import TrainData, build_data, iter_batches, steps_per_epoch
 from pretrain.distributed import DistEnv, init_distributed, resolve_device
-from pretrain.loss import DINOLoss, LossStats
 from pretrain.monitor import EPOCH_COLUMNS, STEP_COLUMNS, CsvLog, online_knn
 from pretrain.schedules import Schedules
+from pretrain.state import RUN_CONTROL_FIELDS, checkpoint_state, restore
+from pretrain.step import (
+    Trainer,
+    build_augment,
+    build_loss,
+    build_models,
+    build_optimizer,
+    step_seed,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
-# Fields a resumed run may change: they alter how the run is watched, never what it computes.
-RUN_CONTROL_FIELDS = frozenset({"device", "num_workers", "log_every", "save_every_minutes",
-                                "save_every_steps", "time_budget_minutes", "num_threads"})
 EventFn = Callable[[str, dict[str, Any]], None]
-
-
-# ----------------------------------------------------------------------------- models
-class MultiCropWrapper(nn.Module):
-    """Backbone + head over views of two resolutions: one backbone pass per resolution, one head
-    pass over all. ``(2B,3,G,G)[, (NB,3,L,L)] -> ((2+N)B, K)``; keys ``backbone.*``, ``head.*``."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, globals_: torch.Tensor, locals_: torch.Tensor | None = None) -> torch.Tensor:
-        feats = self.backbone(globals_)
-        if locals_ is not None:
-            feats = torch.cat([feats, self.backbone(locals_)])
-        return self.head(feats)
-
-
-def build_backbone(cfg: PretrainConfig, *, drop_path: float) -> VisionTransformer:
-    """A timm ViT with the same constructor arguments as :func:`dinoeval.models.build_vit`, so its
-    state dict loads there; any input size works (position embeddings are interpolated)."""
-    assert cfg.img_size and cfg.embed_dim and cfg.depth and cfg.num_heads, "resolve the config"
-    return VisionTransformer(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=3, num_classes=0,
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
-        drop_path_rate=drop_path, dynamic_img_size=True, global_pool="token",
-    )
-
-
-def build_models(cfg: PretrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (with drop path) and teacher (a copy of it, without drop path, no gradients, in
-    train mode).
-    Initialised from the current global RNG state."""
-    assert cfg.embed_dim
-
-    def head() -> DINOHead:
-        return DINOHead(cfg.embed_dim, cfg.out_dim, hidden_dim=cfg.head_hidden_dim,
-                        bottleneck_dim=cfg.head_bottleneck_dim, nlayers=cfg.head_nlayers,
-                        use_bn=cfg.head_use_bn,
-                        norm_last_layer=cfg.norm_last_layer)
-
-    student = MultiCropWrapper(build_backbone(cfg, drop_path=cfg.drop_path), head())
-    teacher = MultiCropWrapper(build_backbone(cfg, drop_path=0.0), copy.deepcopy(student.head))
-    teacher.load_state_dict(student.state_dict())
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    # Like the official code, the teacher stays in train mode: a head with BatchNorm then
-    # normalises with the batch's statistics (eval mode would use never-updated running stats).
-    # Nothing else in the model depends on the mode (the teacher has no drop path).
-    return student, teacher
-
-
-def build_optimizer(model: nn.Module) -> torch.optim.AdamW:
-    """AdamW with two groups: weights (weight decay follows the schedule) and biases/norms (none).
-    The learning rate and weight decay are set by :func:`train_step` at every step."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "apply_wd": True},
-                              {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}], lr=0.0)
-
-
-def build_augment(cfg: PretrainConfig) -> MultiCrop:
-    assert cfg.img_size and cfg.local_size
-    return MultiCrop(
-        global_size=cfg.img_size, local_size=cfg.local_size, local_number=cfg.local_crops_number,
-        global_scale=cfg.global_crops_scale, local_scale=cfg.local_crops_scale,
-        color_jitter=cfg.color_jitter, color_jitter_p=cfg.color_jitter_p,
-        grayscale_p=cfg.grayscale_p, blur_sigma=cfg.blur_sigma, solarize_p=cfg.solarize_p,
-    )
-
-
-def build_loss(cfg: PretrainConfig) -> DINOLoss:
-    return DINOLoss(cfg.out_dim, warmup_teacher_temp=cfg.warmup_teacher_temp,
-                    teacher_temp=cfg.teacher_temp,
-                    warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs, epochs=cfg.epochs,
-                    student_temp=cfg.student_temp, center_momentum=cfg.center_momentum,
-                    centering=cfg.centering, sharpening=cfg.sharpening)
-
-
-# ----------------------------------------------------------------------------- data
-# ----------------------------------------------------------------------------- the step
-@dataclass
-class Trainer:
-    """Everything a step touches. ``student`` may be DDP-wrapped; ``student_module`` never is."""
-
-    cfg: PretrainConfig
-    env: DistEnv
-    device: torch.device
-    student: nn.Module
-    student_module: MultiCropWrapper
-    teacher: MultiCropWrapper
-    loss_fn: DINOLoss
-    optimizer: torch.optim.AdamW
-    schedules: Schedules
-    augment: MultiCrop
-    data: TrainData
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    epoch_sums: dict[str, float] = field(default_factory=dict)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The augmentation seed of one rank's step (distinct for every (seed, step, rank))."""
-    return (seed * 1_000_003 + step) * 1009 + rank
-
-
-def train_step(tr: Trainer, images: torch.Tensor, *, sync_timing: bool = False
-               ) -> tuple[LossStats, dict[str, float]]:
-    """One DINO step on this rank's uint8 ``images (b, H, W[, 3])``.
-
-    Returns the loss statistics and the seconds spent in augmentation, forward+backward and the
-    update (with ``sync_timing`` the GPU is synchronised between phases so the split is exact).
-    """
-    cfg, sched, opt = tr.cfg, tr.schedules, tr.optimizer
-    lr, wd, mom = sched.lr_at(tr.step), sched.wd_at(tr.step), sched.momentum_at(tr.step)
-    for g in opt.param_groups:
-        g["lr"] = lr
-        if g["apply_wd"]:
-            g["weight_decay"] = wd
-
-    def mark() -> float:
-        if sync_timing and tr.device.type == "cuda":
-            torch.cuda.synchronize(tr.device)
-        return time.perf_counter()
-
-    t0 = mark()
-    gen = torch.Generator().manual_seed(step_seed(cfg.seed, tr.step, tr.env.rank))
-    globals_, locals_ = tr.augment(images.to(tr.device, non_blocking=True), gen)
-    t1 = mark()
-    amp = torch.autocast(tr.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
-    with amp:
-        with torch.no_grad():
-            teacher_out = tr.teacher(globals_)
-        student_out = tr.student(globals_, locals_)
-    loss, stats = tr.loss_fn(student_out, teacher_out, tr.epoch)
-    if not math.isfinite(stats.loss):
-        raise DinoevalError(f"loss is {stats.loss} at step {tr.step}; lower --lr or use --amp none")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    t2 = mark()
-    clip_gradients(tr.student_module, cfg.clip_grad)
-    if tr.epoch < cfg.freeze_last_layer:
-        for p in tr.student_module.head.last_layer.parameters():
-            p.grad = None
-    opt.step()
-    ema_update(tr.teacher, tr.student_module, mom)
-    t3 = mark()
-    return stats, {"aug_s": t1 - t0, "fwd_bwd_s": t2 - t1, "update_s": t3 - t2,
-                   "lr": lr, "wd": wd, "momentum": mom}
-
-
-def clip_gradients(model: nn.Module, clip: float) -> None:
-    """Scale each parameter's gradient to norm at most ``clip`` (the official per-parameter
-    clipping; 0 disables)."""
-    if clip <= 0:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    norms = torch._foreach_norm(grads)
-    scale = [(clip / (n + 1e-6)).clamp(max=1.0) for n in norms]
-    torch._foreach_mul_(grads, scale)
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``teacher <- m * teacher + (1 - m) * student`` for every parameter."""
-    tp = list(teacher.parameters())
-    sp = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(tp, momentum)
-    torch._foreach_add_(tp, sp, alpha=1 - momentum)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _gather(t: torch.Tensor, env: DistEnv, device: torch.device) -> torch.Tensor:
-    """``(world, ...)`` stack of every rank's copy of ``t`` (on the CPU)."""
-    if not env.distributed:
-        return t[None].clone()
-    comm = t.to(device) if dist.get_backend() == "nccl" else t
-    parts = [torch.empty_like(comm) for _ in range(env.world_size)]
-    dist.all_gather(parts, comm)
-    return torch.stack(parts).cpu()
-
-
-def rng_states(env: DistEnv, device: torch.device) -> dict[str, torch.Tensor]:
-    out = {"cpu": _gather(torch.get_rng_state(), env, device)}
-    if device.type == "cuda":
-        out["cuda"] = _gather(torch.cuda.get_rng_state(device), env, device)
-    return out
-
-
-def checkpoint_state(tr: Trainer, elapsed: float) -> dict[str, Any]:
-    """The checkpoint dict (call on every rank: the RNG states are gathered)."""
-    def cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in sd.items()}
-
-    rng = rng_states(tr.env, tr.device)
-    return {
-        "student": cpu(tr.student_module.state_dict()),
-        "teacher": cpu(tr.teacher.state_dict()),
-        "optimizer": tr.optimizer.state_dict(),
-        "epoch": tr.epoch,
-        "step": tr.step,
-        "step_in_epoch": tr.step_in_epoch,
-        "dino_loss": {"center": tr.loss_fn.center.detach().cpu().clone()},
-        "config": tr.cfg.to_dict(),
-        "rng": rng,
-        "schedule": {"lr": tr.schedules.lr_at(tr.step), "wd": tr.schedules.wd_at(tr.step),
-                     "momentum": tr.schedules.momentum_at(tr.step),
-                     "teacher_temp": tr.loss_fn.teacher_temp(tr.epoch),
-                     "total_steps": tr.schedules.total_steps},
-        "epoch_sums": dict(tr.epoch_sums),
-        "world_size": tr.env.world_size,
-        "elapsed_seconds": float(elapsed),
-    }
-
-
-def restore(tr: Trainer, ckpt: dict[str, Any]) -> None:
-    """Load model, optimiser, center, position and this rank's RNG state from ``ckpt``."""
-    tr.student_module.load_state_dict(ckpt["student"])
-    tr.teacher.load_state_dict(ckpt["teacher"])
-    tr.optimizer.load_state_dict(ckpt["optimizer"])
-    tr.loss_fn.center.copy_(ckpt["dino_loss"]["center"].to(tr.device))
-    tr.epoch, tr.step = int(ckpt["epoch"]), int(ckpt["step"])
-    tr.step_in_epoch = int(ckpt["step_in_epoch"])
-    tr.epoch_sums = {k: float(v) for k, v in ckpt.get("epoch_sums", {}).items()}
-    rng = ckpt["rng"]
-    if int(ckpt["world_size"]) == tr.env.world_size:
-        torch.set_rng_state(rng["cpu"][tr.env.rank])
-        if tr.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"][tr.env.rank], tr.device)
-    else:
-        log.warning("checkpoint was written by %d processes, resuming with %d: drop-path "
-                    "randomness is reseeded (not bit-identical to an uninterrupted run)",
-                    ckpt["world_size"], tr.env.world_size)
-        torch.manual_seed(step_seed(tr.cfg.seed, tr.step, tr.env.rank))
-
-
-def resume_config(out_dir: str | Path, **overrides: Any) -> PretrainConfig:
-    """The config of the run in ``out_dir`` with run-control fields replaced by ``overrides``."""
-    ckpt = load_checkpoint(out_dir)
-    cfg = PretrainConfig.from_dict(ckpt["config"])
-    bad = sorted(k for k, v in overrides.items() if k not in RUN_CONTROL_FIELDS
-                 and v != getattr(cfg, k))
-    if bad:
-        raise DinoevalError(f"--resume continues the saved run; these options would change what it "
-                            f"computes: {', '.join(bad)} (start a new --run-dir instead)")
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items()
-                                       if k in RUN_CONTROL_FIELDS})
 
 
 # ----------------------------------------------------------------------------- the loop

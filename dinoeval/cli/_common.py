@@ -299,35 +299,16 @@ def _field_help(cls: type, name: str) -> str:
     return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"]
 
 
-# For commands that still list some options by hand (video-seg, dense): the help comes from the
-# config field, so it is still written once. New commands use dinoeval.cli._options instead.
+# For `inspect`, which takes two backbone options without running an evaluation: the help comes
+# from the config field, so it is still written once. Commands use dinoeval.cli._options.
 def _hand_aliases() -> dict[str, Any]:
-    from dinoeval.pipeline.setup import BackboneOptions, ExtractOptions
+    from dinoeval.pipeline.setup import BackboneOptions
 
     return {
         "CheckpointKeyOpt": Annotated[str, typer.Option(
             help=_field_help(BackboneOptions, "checkpoint_key"))],
-        "ImgSizeOpt": Annotated[int | None, typer.Option(
-            help=_field_help(BackboneOptions, "img_size"))],
         "NumHeadsOpt": Annotated[int | None, typer.Option(
             help=_field_help(BackboneOptions, "num_heads"))],
-        "DeviceOpt": Annotated[str, typer.Option(help=_field_help(ExtractOptions, "device"))],
-        "WeightsOpt": Annotated[str | None, typer.Option(
-            help=_field_help(BackboneOptions, "weights"))],
-        "PixelSizeOpt": Annotated[int | None, typer.Option(
-            help=_field_help(BackboneOptions, "pixel_size"))],
-        "FeatureOpt": Annotated[str, typer.Option(
-            "--feature", help=_field_help(ExtractOptions, "feature"))],
-        "BatchSizeOpt": Annotated[int, typer.Option(
-            help=_field_help(ExtractOptions, "batch_size"))],
-        "WorkersOpt": Annotated[int, typer.Option(
-            help=_field_help(ExtractOptions, "num_workers"))],
-        "PrecisionOpt": Annotated[str, typer.Option(
-            help=_field_help(ExtractOptions, "precision"))],
-        "SkipBadOpt": Annotated[bool, typer.Option(
-            help=_field_help(ExtractOptions, "skip_bad_images"))],
-        "CacheDirOpt": Annotated[str | None, typer.Option(
-            help=_field_help(ExtractOptions, "cache_dir"))],
     }
 
 
@@ -338,22 +319,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def backbone_options(checkpoint_key: str, weights: str | None, img_size: int | None,
-                     num_heads: int | None, pixel_size: int | None, *,
-                     ckpts: list[str]) -> Any:  # -> BackboneOptions
-    """The validated backbone options of a command that lists them by hand (see above)."""
-    from dinoeval.pipeline.setup import BackboneOptions
-
-    opts = BackboneOptions(checkpoint_key=checkpoint_key, weights=weights, img_size=img_size,
-                           num_heads=num_heads, pixel_size=pixel_size)
-    opts.check_specs(ckpts)
-    return opts
-
-
 def run_each(ckpts: list[str], out: Path | None, title: str,
-             run: Callable[[str, Any], Any], **configs: object) -> None:
+             run: Callable[[str, Any], Any], **configs: object) -> list[Any]:
     """Run ``run(spec, progress)`` for each backbone spec, print its notes, append its rows to
     ``--out`` as soon as they exist, then print the table and save the configs beside ``--out``.
+    Returns the runs (for pages drawn from them).
 
     ``--out`` and the backbone specs are checked first (``configs["backbone"]``), before any work.
     """
@@ -366,7 +336,7 @@ def run_each(ckpts: list[str], out: Path | None, title: str,
         if backbone is not None:
             backbone.check_specs(ckpts)
         check_out(out)
-        frames = []
+        frames, results = [], []
         for spec in ckpts:
             with progress_factory() as pf:
                 result = run(spec, pf)  # the label stays out of the run (and the cache key)
@@ -374,10 +344,12 @@ def run_each(ckpts: list[str], out: Path | None, title: str,
                 say(f"{labels.get(spec, spec)}: {note}", "dim")
             frame = with_label(result.frame, labels.get(spec, ""))
             frames.append(frame)
+            results.append(result)
             write_results(frame, out)  # each backbone's rows are saved at once
         print_results(concat(frames), title=title)
         if out is not None:
             save_config(out, **configs)
+    return results
 
 
 @contextlib.contextmanager

@@ -50,7 +50,8 @@ def pretrain(
     """
     from pretrain.config import recipe_config
     from pretrain.distributed import distributed_cleanup
-    from pretrain.loop import resume_config, train_loop
+    from pretrain.loop import train_loop
+    from pretrain.state import resume_config
 
     with user_errors(), distributed_cleanup():
         out = renamed(run_dir, old_out, old="--out", new="--run-dir")

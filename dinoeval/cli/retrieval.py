@@ -2,47 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from dinoeval.cli._common import (
-    BatchSizeOpt,
-    CacheDirOpt,
-    CheckpointKeyOpt,
     CkptOpt,
-    DeviceOpt,
-    NumHeadsOpt,
     OutOpt,
-    PixelSizeOpt,
-    PrecisionOpt,
-    SkipBadOpt,
-    WeightsOpt,
-    WorkersOpt,
-    backbone_options,
-    check_out,
     console,
     labelled_specs,
-    print_results,
-    progress_factory,
+    run_each,
     say,
     user_errors,
-    with_label,
-    write_results,
 )
+from dinoeval.cli._options import Group, with_options
+from dinoeval.pipeline.retrieval import CopyDetectionConfig, RetrievalConfig
+from dinoeval.pipeline.setup import BackboneOptions, ExtractOptions
 
-KOpt = Annotated[list[int] | None, typer.Option(
-    "--k", help="Cut-offs of mP@k and recall@k; repeat (default 1 5 10).")]
-ApOpt = Annotated[str, typer.Option(
-    "--ap", help="trapezoid (revisited Oxford/Paris, Copydays) or step (scikit-learn's).")]
-MaxMemoryOpt = Annotated[str, typer.Option(
-    help="Working memory of the exact search, e.g. 1GB; queries are ranked in blocks.")]
-ShowOpt = Annotated[int, typer.Option(help="Queries whose top-5 hits go to --html.")]
 HtmlOpt = Annotated[Path | None, typer.Option(
     help="Write the top hits of every backbone side by side to this .html file.")]
+# Both commands rank CLS-based features (the feature kind is theirs) and size their inputs
+# themselves: retrieval with its own --img-size, copy detection with its config's.
+_BACKBONE = Group(BackboneOptions, skip=("img_size",))
+_EXTRACT = Group(ExtractOptions, skip=("feature",))
 
 
+@with_options(config=RetrievalConfig, backbone=_BACKBONE, extract=_EXTRACT)
 def retrieval(
     ckpt: CkptOpt,
     query: Annotated[str, typer.Option(
@@ -51,29 +38,14 @@ def retrieval(
     gallery: Annotated[str | None, typer.Option(
         help="Gallery data. Default: a revisited benchmark's database, else the query data "
         "itself (each query then skips itself).")] = None,
-    protocol: Annotated[list[str] | None, typer.Option(
-        help="Revisited protocols: easy, medium, hard; repeat (default medium hard).")] = None,
-    k: KOpt = None,
-    multiscale: Annotated[bool, typer.Option(
-        help="Average CLS over input sides s, s/sqrt2, s/2, then L2-normalise (DINO's option).")]
-        = False,
     img_size: Annotated[int | None, typer.Option(
         help="Square input side of ViTs (DINO uses 224). Default: the checkpoint's.")] = None,
-    ap: ApOpt = "trapezoid",
-    max_memory: MaxMemoryOpt = "1GB",
-    show: ShowOpt = 8,
     html: HtmlOpt = None,
-    checkpoint_key: CheckpointKeyOpt = "teacher",
-    weights: WeightsOpt = None,
-    num_heads: NumHeadsOpt = None,
-    pixel_size: PixelSizeOpt = None,
-    batch_size: BatchSizeOpt = 128,
-    device: DeviceOpt = "cpu",
-    workers: WorkersOpt = 0,
-    precision: PrecisionOpt = "fp32",
-    skip_bad_images: SkipBadOpt = False,
-    cache_dir: CacheDirOpt = None,
     out: OutOpt = None,
+    *,
+    config: RetrievalConfig,
+    backbone: BackboneOptions,
+    extract: ExtractOptions,
 ) -> None:
     """Image retrieval: mAP, mP@k and recall@k of CLS features (DINO).
 
@@ -84,45 +56,25 @@ def retrieval(
       dinoeval retrieval -c dino.pth -c pixels --img-size 224
         --query roxford5k:query@data/roxford5k --out results.csv
     """
-    from dinoeval.pipeline import ExtractOptions, save_config, specs
-    from dinoeval.pipeline.retrieval import RetrievalConfig, resolve_retrieval_sources, run_retrieval
-    from dinoeval.results import concat
+    from dinoeval.errors import DinoevalError
+    from dinoeval.pipeline.retrieval import resolve_retrieval_sources, run_retrieval
 
     with user_errors():
-        ckpt, labels = labelled_specs(ckpt)
-        bopts = backbone_options(checkpoint_key, weights, img_size, num_heads, pixel_size,
-                                 ckpts=ckpt)
-        eopts = ExtractOptions(feature="cls", batch_size=batch_size, device=device,
-                               num_workers=workers, precision=precision,
-                               skip_bad_images=skip_bad_images, cache_dir=cache_dir)
-        cfg = RetrievalConfig(ks=tuple(k) if k else RetrievalConfig().ks,
-                              protocols=tuple(protocol) if protocol else
-                              RetrievalConfig().protocols, multiscale=multiscale, ap_kind=ap,
-                              max_memory=max_memory, show=show)
-        check_out(out)
+        bopts = dataclasses.replace(backbone, img_size=img_size)
         _check_html(html)
-        if multiscale and "pixels" in ckpt:
-            from dinoeval.errors import DinoevalError
-
+        if config.multiscale and "pixels" in ckpt:
             raise DinoevalError("--multiscale needs ViT backbones; pixels have no scales (drop "
                                 "--multiscale or the pixels --ckpt)")
         q_src, g_src, _, _ = resolve_retrieval_sources(query, gallery)
-        runs, frames = [], []
-        for spec in specs(ckpt):
-            with progress_factory() as pf:
-                run = run_retrieval(spec, q_src, g_src, backbone_opts=bopts, extract_opts=eopts,
-                                    config=cfg, progress=pf)
-            for note in run.notes:
-                say(f"{labels.get(spec, spec)}: {note}", "dim")
-            runs.append(run)
-            frames.append(with_label(run.frame, labels.get(spec, "")))
-            write_results(frames[-1], out)
-        print_results(concat(frames), title="Retrieval")
-        _write_html(html, runs, "Image retrieval", labels)
-        if out is not None:
-            save_config(out, backbone=bopts, extract=eopts, retrieval=cfg)
+    runs = run_each(ckpt, out, "Retrieval",
+                    lambda spec, pf: run_retrieval(spec, q_src, g_src, backbone_opts=bopts,
+                                                   extract_opts=extract, config=config,
+                                                   progress=pf),
+                    backbone=bopts, extract=extract, retrieval=config)
+    _write_html(html, runs, "Image retrieval", labelled_specs(ckpt)[1])
 
 
+@with_options(config=CopyDetectionConfig, backbone=_BACKBONE, extract=_EXTRACT)
 def copy_detection(
     ckpt: CkptOpt,
     data: Annotated[str | None, typer.Option(
@@ -141,28 +93,12 @@ def copy_detection(
         help="Procedural: separate images for the whitening (0: none).")] = 200,
     copies: Annotated[int, typer.Option(help="Procedural: strong copies per original.")] = 1,
     seed: Annotated[int, typer.Option(help="Procedural: the draw and the transforms.")] = 0,
-    img_size: Annotated[int, typer.Option(
-        help="Square input side of ViTs (DINO uses 320).")] = 320,
-    whiten: Annotated[bool, typer.Option(help="PCA-whiten (learned on separate images).")]
-        = True,
-    whitening_power: Annotated[float, typer.Option(help="0.5 whitens fully, 0 rotates.")]
-        = 0.5,
-    k: KOpt = None,
-    ap: ApOpt = "trapezoid",
-    max_memory: MaxMemoryOpt = "1GB",
-    show: ShowOpt = 8,
     html: HtmlOpt = None,
-    checkpoint_key: CheckpointKeyOpt = "teacher",
-    weights: WeightsOpt = None,
-    num_heads: NumHeadsOpt = None,
-    pixel_size: PixelSizeOpt = None,
-    batch_size: BatchSizeOpt = 128,
-    device: DeviceOpt = "cpu",
-    workers: WorkersOpt = 0,
-    precision: PrecisionOpt = "fp32",
-    skip_bad_images: SkipBadOpt = False,
-    cache_dir: CacheDirOpt = None,
     out: OutOpt = None,
+    *,
+    config: CopyDetectionConfig,
+    backbone: BackboneOptions,
+    extract: ExtractOptions,
 ) -> None:
     """Copy detection: mAP of finding each strong copy's original.
 
@@ -178,21 +114,9 @@ def copy_detection(
     from dinoeval.data.copies import copydays as read_copydays
     from dinoeval.data.copies import procedural_copies
     from dinoeval.errors import DinoevalError
-    from dinoeval.pipeline import ExtractOptions, save_config, specs
-    from dinoeval.pipeline.retrieval import CopyDetectionConfig, run_copy_detection
-    from dinoeval.results import concat
+    from dinoeval.pipeline.retrieval import run_copy_detection
 
     with user_errors():
-        ckpt, labels = labelled_specs(ckpt)
-        bopts = backbone_options(checkpoint_key, weights, None, num_heads, pixel_size, ckpts=ckpt)
-        eopts = ExtractOptions(feature="cls", batch_size=batch_size, device=device,
-                               num_workers=workers, precision=precision,
-                               skip_bad_images=skip_bad_images, cache_dir=cache_dir)
-        cfg = CopyDetectionConfig(img_size=img_size, whiten=whiten,
-                                  whitening_power=whitening_power,
-                                  ks=tuple(k) if k else CopyDetectionConfig().ks, ap_kind=ap,
-                                  max_memory=max_memory, show=show)
-        check_out(out)
         _check_html(html)
         if (data is None) == (copydays is None):
             raise DinoevalError("give exactly one of --data (procedural copies) or --copydays DIR")
@@ -207,22 +131,14 @@ def copy_detection(
             bench = read_copydays(
                 copydays, distractors=get_source(distractors) if distractors else None,
                 whitening=get_source(whitening_data) if whitening_data else None)
-            if whiten and bench.whitening is None:
+            if config.whiten and bench.whitening is None:
                 console.print("[yellow]no --whitening-data: features are not whitened[/]")
-        runs, frames = [], []
-        for spec in specs(ckpt):
-            with progress_factory() as pf:
-                run = run_copy_detection(spec, bench, backbone_opts=bopts, extract_opts=eopts,
-                                         config=cfg, progress=pf)
-            for note in run.notes:
-                say(f"{labels.get(spec, spec)}: {note}", "dim")
-            runs.append(run)
-            frames.append(with_label(run.frame, labels.get(spec, "")))
-            write_results(frames[-1], out)
-        print_results(concat(frames), title="Copy detection")
-        _write_html(html, runs, "Copy detection", labels)
-        if out is not None:
-            save_config(out, backbone=bopts, extract=eopts, copy_detection=cfg)
+    runs = run_each(ckpt, out, "Copy detection",
+                    lambda spec, pf: run_copy_detection(spec, bench, backbone_opts=backbone,
+                                                        extract_opts=extract, config=config,
+                                                        progress=pf),
+                    backbone=backbone, extract=extract, copy_detection=config)
+    _write_html(html, runs, "Copy detection", labelled_specs(ckpt)[1])
 
 
 def _check_html(html: Path | None) -> None:
@@ -241,8 +157,9 @@ def _write_html(html: Path | None, runs: list, title: str, labels: dict[str, str
         return
     from dinoeval.report.retrieval import write_retrieval_report
 
-    path = write_retrieval_report(runs, html, title=title,
-                                  labels=[labels.get(r.backbone, r.backbone) for r in runs])
+    with user_errors():
+        path = write_retrieval_report(runs, html, title=title,
+                                      labels=[labels.get(r.backbone, r.backbone) for r in runs])
     say(path, lead="wrote ", lead_style="green")
 
 

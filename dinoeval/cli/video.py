@@ -8,13 +8,8 @@ from typing import Annotated
 import typer
 
 from dinoeval.cli._common import (
-    CheckpointKeyOpt,
     CkptOpt,
-    DeviceOpt,
-    ImgSizeOpt,
-    NumHeadsOpt,
     OutOpt,
-    backbone_options,
     check_out,
     labelled_specs,
     print_results,
@@ -24,39 +19,33 @@ from dinoeval.cli._common import (
     with_label,
     write_results,
 )
+from dinoeval.cli._options import Group, with_options
+from dinoeval.pipeline.dense import DenseConfig
+from dinoeval.pipeline.setup import BackboneOptions
+from dinoeval.pipeline.video_seg import VideoSegConfig
 
-PixelPatchOpt = Annotated[int, typer.Option(
-    help="Patch side for the pixels backbone (its features are each patch's raw RGB values).")]
+# The patch-token commands read neither timm weights nor a pixel size (the pixels baseline's
+# patch is --pixel-patch); dense's --img-size is its config's (images resized, not the model's).
+_BACKBONE = Group(BackboneOptions, skip=("weights", "img_size", "pixel_size"))
 
 
+@with_options(config=VideoSegConfig, backbone=_BACKBONE)
 def video_seg(
     ckpt: CkptOpt,
     data: Annotated[str, typer.Option(
         help="Videos: moving-shapes, optionally @videos=4,frames=24,height=64,width=96,"
         "objects=3,seed=0; or davis:ROOT, optionally @set=val,res=480p,year=2017.")]
         = "moving-shapes",
-    n_last_frames: Annotated[int, typer.Option(
-        help="Previous frames in the context besides the first.")] = 7,
-    topk: Annotated[int, typer.Option(help="Sources kept per target patch.")] = 5,
-    temperature: Annotated[float, typer.Option(help="Affinity exp(cosine/T).")] = 0.1,
-    radius: Annotated[int, typer.Option(
-        help="Neighbourhood half-width in patches (0: whole frame).")] = 12,
-    short_side: Annotated[int | None, typer.Option(
-        help="Resize frames to this short side (long side floored to --multiple). Default: 480 "
-        "for DAVIS, native size for moving-shapes.")] = None,
-    multiple: Annotated[int, typer.Option(help="Long-side rounding (DINO: 64).")] = 64,
     masks_dir: Annotated[Path | None, typer.Option(
         help="Write predicted masks here as <video>/<frame>.png palette PNGs (DAVIS layout; "
         "one subfolder per backbone when several --ckpt).")] = None,
     html: Annotated[Path | None, typer.Option(
         "--html", help="Write a page with one overlay strip per video (frames, ground truth, "
         "each backbone's masks).")] = None,
-    pixel_patch: PixelPatchOpt = 8,
-    checkpoint_key: CheckpointKeyOpt = "teacher",
-    num_heads: NumHeadsOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Frames per forward pass.")] = 16,
-    device: DeviceOpt = "cpu",
     out: OutOpt = None,
+    *,
+    config: VideoSegConfig,
+    backbone: BackboneOptions,
 ) -> None:
     """Video object segmentation by label propagation (DINO's DAVIS protocol).
 
@@ -70,15 +59,13 @@ def video_seg(
     from dinoeval.checks import check_output_dir, check_output_path
     from dinoeval.data.video import get_video_source
     from dinoeval.pipeline import save_config, specs
-    from dinoeval.pipeline.video_seg import VideoSegConfig, check_inputs, run_video_seg
+    from dinoeval.pipeline.video_seg import check_inputs, run_video_seg
     from dinoeval.results import concat
 
     with user_errors():
         ckpt, labels = labelled_specs(ckpt)
-        bopts = backbone_options(checkpoint_key, None, None, num_heads, None, ckpts=ckpt)
-        cfg = VideoSegConfig(n_last_frames=n_last_frames, topk=topk, temperature=temperature,
-                             radius=radius, short_side=short_side, multiple=multiple,
-                             pixel_patch=pixel_patch, batch_size=batch_size, device=device)
+        backbone.check_specs(ckpt)
+        bopts, cfg = backbone, config
         check_out(out)
         if masks_dir is not None:
             check_output_dir(masks_dir, "--masks-dir")
@@ -120,6 +107,7 @@ def _safe(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)[-80:]
 
 
+@with_options(config=DenseConfig, backbone=_BACKBONE)
 def dense(
     ckpt: CkptOpt,
     train: Annotated[str, typer.Option(
@@ -130,25 +118,10 @@ def dense(
         help="Images with masks to score: shapes:test (optionally @n=,size=,...) or "
         "vocfolder:ROOT@split=val.")]
         = "shapes:test@n=200",
-    method: Annotated[list[str] | None, typer.Option(
-        "--method", help="linear and/or knn; repeat (default both).")] = None,
-    targets: Annotated[str, typer.Option(
-        help="Patch targets: majority (most covered class) or soft (area fractions).")]
-        = "majority",
-    k: Annotated[int, typer.Option(help="Dense k-NN: train patches per test patch.")] = 20,
-    temperature: Annotated[float, typer.Option(help="Dense k-NN vote exp(cosine/T).")] = 0.07,
-    max_bank: Annotated[int, typer.Option(
-        help="Most train patches kept (seeded subsample beyond; memory 4*D bytes each).")]
-        = 200_000,
-    weight_decay: Annotated[float, typer.Option(help="Linear probe L2 penalty.")] = 1e-4,
-    max_iter: Annotated[int, typer.Option(help="Linear probe L-BFGS iterations.")] = 200,
-    img_size: ImgSizeOpt = None,
-    pixel_patch: PixelPatchOpt = 8,
-    checkpoint_key: CheckpointKeyOpt = "teacher",
-    num_heads: NumHeadsOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    device: DeviceOpt = "cpu",
     out: OutOpt = None,
+    *,
+    config: DenseConfig,
+    backbone: BackboneOptions,
 ) -> None:
     """Dense evaluations of frozen patch tokens (mIoU).
 
@@ -161,16 +134,13 @@ def dense(
     """
     from dinoeval.data.segmentation import get_segmentation_source
     from dinoeval.pipeline import save_config, specs
-    from dinoeval.pipeline.dense import METHODS, DenseConfig, check_inputs, run_dense
+    from dinoeval.pipeline.dense import check_inputs, run_dense
     from dinoeval.results import concat
 
     with user_errors():
         ckpt, labels = labelled_specs(ckpt)
-        bopts = backbone_options(checkpoint_key, None, None, num_heads, None, ckpts=ckpt)
-        cfg = DenseConfig(methods=tuple(method) if method else METHODS, img_size=img_size,
-                          targets=targets, k=k, temperature=temperature, max_bank=max_bank,
-                          weight_decay=weight_decay, max_iter=max_iter, pixel_patch=pixel_patch,
-                          batch_size=batch_size, device=device)
+        backbone.check_specs(ckpt)
+        bopts, cfg = backbone, config
         check_out(out)
         tr, te = get_segmentation_source(train), get_segmentation_source(test)
         backbones = [bopts.load(s) for s in specs(ckpt)]

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from dinoeval.data._base import ArraySource, ImageSource
-from dinoeval.data.builtin import IMAGE_EXTENSIONS, read_rgb
+from dinoeval.data.builtin import IMAGE_EXTENSIONS
+from dinoeval.data.files import FileListSource
 from dinoeval.errors import DinoevalError
 
 EXTRA_TRANSFORMS = ("rotate", "jitter", "blur", "text", "patch")
@@ -75,27 +76,6 @@ class ListSource(ImageSource):
         for im in self.images:
             h.update(str(im.shape).encode())
             h.update(np.ascontiguousarray(im).data)
-        return h.hexdigest()
-
-
-class FileListSource(ImageSource):
-    """Image files given as a list of paths (decoded lazily), labels ``-1``."""
-
-    def __init__(self, paths: list[Path], *, spec: str, name: str, split: str) -> None:
-        if not paths:
-            raise DinoevalError(f"{spec}: no image files")
-        self.paths = list(paths)
-        self.labels = np.full(len(self.paths), -1, np.int64)
-        self.spec, self.name, self.split = spec, name, split
-
-    def load(self, index: int) -> np.ndarray:
-        return read_rgb(self.paths[index])
-
-    def fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=8)
-        for p in self.paths:
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
 

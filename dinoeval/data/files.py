@@ -14,17 +14,24 @@ from dinoeval.errors import DinoevalError
 
 
 class FileListSource(ImageSource):
-    """Image files given one by one (``--images a.jpg b.png``): no labels, no masks."""
+    """Image files given as a list of paths (``--images a.jpg b.png``, a benchmark's file list),
+    decoded lazily: labels ``-1``, no masks.
 
-    def __init__(self, paths: Sequence[str | Path]) -> None:
+    Raises:
+        DinoevalError: no paths, or a path that is not a file.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], *, spec: str = "images",
+                 name: str = "images", split: str = "files") -> None:
         if not paths:
-            raise DinoevalError("no image files given; pass --images FILE [FILE ...]")
+            raise DinoevalError("no image files given; pass --images FILE [FILE ...]"
+                                if spec == "images" else f"{spec}: no image files")
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             if not p.is_file():
                 raise DinoevalError(f"image file {p} not found")
         self.labels = np.full(len(self.paths), -1, dtype=np.int64)
-        self.spec, self.name, self.split = "images", "images", "files"
+        self.spec, self.name, self.split = spec, name, split
         self.classes = ()
 
     def load(self, index: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dinoeval.data._base import ArraySource
+from dinoeval.data._spec import parse_spec_options
 from dinoeval.errors import DinoevalError
 
 SHAPE_CLASSES: tuple[str, ...] = (
@@ -271,20 +272,10 @@ def _interp_matrix(src: int, dst: int) -> np.ndarray:
 
 def parse_options(arg: str | None, options: str | None) -> ShapesConfig:
     """``arg`` = ``train``/``test`` (default train), ``options`` = ``key=value,...``."""
-    kw: dict[str, object] = {"split": arg or "train"}
     types: dict[str, type] = {"n": int, "size": int, "classes": int, "seed": int,
                               "clutter": float}
-    for item in filter(None, (options or "").split(",")):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or key not in types:
-            raise DinoevalError(f"shapes: bad option {item!r}; use key=value with keys "
-                                f"{', '.join(types)} (e.g. shapes:train@n=2000,size=64)")
-        try:
-            kw[key] = types[key](value.strip())
-        except ValueError:
-            raise DinoevalError(f"shapes: option {key} needs a {types[key].__name__}, "
-                                f"got {value!r}") from None
+    kw = parse_spec_options("shapes", options, types, example="shapes:train@n=2000,size=64")
+    kw["split"] = arg or "train"
     return ShapesConfig(**kw)  # type: ignore[arg-type]
 
 

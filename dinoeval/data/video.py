@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dinoeval.data._spec import parse_spec_options
 from dinoeval.data.builtin import read_rgb
 from dinoeval.data.shapes import SHAPE_CLASSES, shape_mask
 from dinoeval.errors import DinoevalError
@@ -297,22 +298,6 @@ def write_palette_png(path: str | Path, labels: np.ndarray, palette: np.ndarray)
 # Specs
 
 
-def _parse_options(name: str, text: str, types: dict[str, type]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or key not in types:
-            raise DinoevalError(f"{name}: bad option {item!r}; use key=value with keys "
-                                f"{', '.join(types)}")
-        try:
-            out[key] = types[key](value.strip())
-        except ValueError:
-            raise DinoevalError(f"{name}: option {key} needs a {types[key].__name__}, "
-                                f"got {value!r}") from None
-    return out
-
-
 def get_video_source(spec: str) -> VideoDataset:
     """Build the video dataset named by ``spec`` (see the module docstring).
 
@@ -329,13 +314,13 @@ def get_video_source(spec: str) -> VideoDataset:
     if name == "moving-shapes":
         if rest:
             raise DinoevalError(f"moving-shapes takes no path, got {rest!r}; options go after @")
-        kw = _parse_options(name, opts, {k: int for k in (
+        kw = parse_spec_options(name, opts, {k: int for k in (
             "videos", "frames", "height", "width", "objects", "seed")})
         return moving_shapes(MovingShapesConfig(**kw))  # type: ignore[arg-type]
     if name == "davis":
         if not rest:
             raise DinoevalError("davis needs a folder: davis:ROOT[@set=val,res=480p,year=2017]")
-        kw = _parse_options(name, opts, {"set": str, "res": str, "year": str})
+        kw = parse_spec_options(name, opts, {"set": str, "res": str, "year": str})
         return davis(rest, subset=str(kw.get("set", "val")), res=str(kw.get("res", "480p")),
                      year=str(kw.get("year", "2017")))
     raise DinoevalError(f"unknown video source {name!r} in {spec!r}; use moving-shapes[@...] or "

@@ -1,6 +1,6 @@
 """Checkpoint reading and backbone building."""
 
-from dinoeval.models.backbone import Backbone, backbone_from_raw, load_backbone
+from dinoeval.models.backbone import Backbone, backbone_from_raw
 from dinoeval.models.checkpoints import (
     RawCheckpoint,
     UnsafeCheckpointError,
@@ -9,6 +9,7 @@ from dinoeval.models.checkpoints import (
     split_checkpoint,
 )
 from dinoeval.models.head import DINOHead, head_from_state_dict
+from dinoeval.models.load import load_backbone
 from dinoeval.models.vit import ViTArch, build_vit, infer_arch, load_vit, parse_arch_name
 
 __all__ = [

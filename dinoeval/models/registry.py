@@ -16,6 +16,7 @@ Adding a family is one module that calls :func:`register_family` at import time,
 
 from __future__ import annotations
 
+import abc
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,11 +50,13 @@ class Arch:
     reg_tokens: int = 0
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """How to read a family's network: normalised tokens of the last blocks, and CLS attention.
 
     Tokens come as ``(B, T, D)`` with the class token first, then ``num_prefix_tokens - 1``
-    register/storage tokens, then the patch tokens in row-major order.
+    register/storage tokens, then the patch tokens in row-major order. A family implements
+    :meth:`tokens`, and :meth:`cls_attention` unless it sets :attr:`no_attention` (checked when
+    the subclass is defined).
     """
 
     #: ``None`` when the network has CLS->patch attention, else why not (shown to the user).
@@ -61,16 +64,26 @@ class Adapter:
     #: the most blocks :meth:`tokens` can return (``None``: any).
     max_blocks: int | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.no_attention is None and cls.cls_attention is Adapter.cls_attention:
+            raise TypeError(f"{cls.__name__}: implement cls_attention or set no_attention")
+
     def depth(self, model: nn.Module) -> int:
         return len(model.blocks)
 
+    @abc.abstractmethod
     def tokens(self, model: nn.Module, x: torch.Tensor, n_last: int) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The normalised ``(B, T, D)`` tokens of the last ``n_last`` blocks, oldest first."""
 
     def cls_attention(self, model: nn.Module, x: torch.Tensor, block: int,
                       num_prefix_tokens: int) -> torch.Tensor:
-        """``(B, heads, H // p, W // p)`` CLS->patch attention of ``block``."""
-        raise NotImplementedError
+        """``(B, heads, H // p, W // p)`` CLS->patch attention of ``block``.
+
+        Raises:
+            DinoevalError: the family has none (:attr:`no_attention`).
+        """
+        raise DinoevalError(f"no CLS attention maps: {self.no_attention}")
 
 
 @dataclass

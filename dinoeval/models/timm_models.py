@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from dinoeval.errors import DinoevalError
-from dinoeval.models.backbone import Backbone, _pair, backbone_from_raw
+from dinoeval.models.backbone import Backbone, backbone_from_raw
 from dinoeval.models.checkpoints import read_checkpoint
 from dinoeval.models.registry import Built
-from dinoeval.models.vit import check_img_size, infer_arch, load_vit
+from dinoeval.models.vit import check_img_size, infer_arch, load_vit, size_pair
 
 
 def timm_backbone(spec: str, name: str, weights: str | Path | None,
@@ -41,7 +41,7 @@ def timm_backbone(spec: str, name: str, weights: str | Path | None,
         arch = infer_arch(state, num_heads=num_heads or getattr(ref.blocks[0].attn, "num_heads",
                                                                  None))
         model, _ = load_vit(state, arch, img_size=img_size)
-        size = _pair(img_size) if img_size else arch.img_size
+        size = size_pair(img_size) if img_size else arch.img_size
         return Backbone(spec=spec, kind="vit", model=model, arch=arch, name=arch.name,
                         content_hash=hash_, img_size=size, meta=meta)
     if isinstance(ref, Eva) and "dinov3" in name:
@@ -59,7 +59,7 @@ def timm_backbone(spec: str, name: str, weights: str | Path | None,
         raise DinoevalError(f"timm:{name} is a {type(ref).__name__}; timm:NAME reads ViTs "
                             "(vit_*), DINOv3 (vit_*_patch16_dinov3) and XCiT (xcit_*)")
     check_img_size(img_size, built.arch.patch_size, built.arch.name)
-    size = _pair(img_size) if img_size else built.eval_size or built.arch.img_size
+    size = size_pair(img_size) if img_size else built.eval_size or built.arch.img_size
     return Backbone(spec=spec, kind="vit", model=built.model, arch=built.arch,
                     name=built.arch.name, content_hash=hash_, img_size=size, meta=meta,
                     family=family, adapter=built.adapter)

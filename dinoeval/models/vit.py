@@ -30,6 +30,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from dinoeval.errors import DinoevalError
+from dinoeval.models.attention import cls_attention as explicit_cls_attention
 from dinoeval.models.registry import Adapter, BuildOptions, Built, Family, register_family
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def build_vit(arch: ViTArch, *, img_size: int | tuple[int, int] | None = None,
     at the native size and resamples per input); ``None``: timm's own rule at ``img_size``.
     Register tokens use timm's ``no_embed_class`` layout; :func:`to_timm_layout` converts weights.
     """
-    size = _pair(img_size) if img_size is not None and pos_rule is None else arch.img_size
+    size = size_pair(img_size) if img_size is not None and pos_rule is None else arch.img_size
     kw: dict[str, Any] = {}
     if arch.mlp == "swiglu":
         kw = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
@@ -226,7 +227,8 @@ def build_vit(arch: ViTArch, *, img_size: int | tuple[int, int] | None = None,
     return model
 
 
-def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
+def size_pair(x: int | tuple[int, int]) -> tuple[int, int]:
+    """``N`` -> ``(N, N)``; ``(H, W)`` -> ``(H, W)`` as ints."""
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
@@ -248,7 +250,7 @@ def to_timm_layout(state: Mapping[str, torch.Tensor], arch: ViTArch,
         pos = pos[:, 1:]
     prefix = 0 if no_embed_class else 1
     grid = (arch.img_size[0] // arch.patch_size, arch.img_size[1] // arch.patch_size)
-    size = _pair(img_size) if img_size is not None else arch.img_size
+    size = size_pair(img_size) if img_size is not None else arch.img_size
     new_grid = (size[0] // arch.patch_size, size[1] // arch.patch_size)
     if new_grid != grid:
         pos = resample_abs_pos_embed(pos, list(new_grid), list(grid), num_prefix_tokens=prefix)
@@ -260,7 +262,7 @@ def check_img_size(img_size: int | tuple[int, int] | None, patch: int, name: str
     """``--img-size`` must be a positive multiple of the patch size."""
     if img_size is None:
         return
-    sides = _pair(img_size)
+    sides = size_pair(img_size)
     if min(sides) < patch or any(s % patch for s in sides):
         raise DinoevalError(f"--img-size {img_size} is not a multiple of the patch size "
                             f"{patch} of {name}; use e.g. "
@@ -308,9 +310,7 @@ class ViTAdapter(Adapter):
 
     def cls_attention(self, model: nn.Module, x: torch.Tensor, block: int,
                       num_prefix_tokens: int) -> torch.Tensor:
-        from dinoeval.eval.attention import cls_attention
-
-        return cls_attention(model, x, block=block, num_prefix_tokens=num_prefix_tokens)
+        return explicit_cls_attention(model, x, block=block, num_prefix_tokens=num_prefix_tokens)
 
 
 VIT_ADAPTER = ViTAdapter()

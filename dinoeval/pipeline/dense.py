@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, check_device, one_of, positive
+from dinoeval.checks import at_least, check_device, one_of, option, positive
 from dinoeval.data.segmentation import MaskedImages, get_segmentation_source
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.dense import DenseResult, dense_knn, linear_segmentation
@@ -42,17 +42,23 @@ class DenseConfig:
         batch_size, device, seed: encoding batch, torch device, subsampling seed.
     """
 
-    methods: tuple[str, ...] = METHODS
-    img_size: int | None = None
-    targets: str = "majority"
-    k: int = 20
-    temperature: float = 0.07
-    max_bank: int = 200_000
-    weight_decay: float = 1e-4
-    max_iter: int = 200
-    pixel_patch: int = 8
-    batch_size: int = 64
-    device: str = "cpu"
+    methods: tuple[str, ...] = option(METHODS, help="linear and/or knn.", flag="--method")
+    targets: str = option(
+        "majority", help="Patch targets: majority (most covered class) or soft (area fractions).")
+    k: int = option(20, help="Dense k-NN: train patches per test patch.")
+    temperature: float = option(0.07, help="Dense k-NN vote exp(cosine/T).")
+    max_bank: int = option(
+        200_000, help="Most train patches kept (seeded subsample beyond; memory 4*D bytes each).")
+    weight_decay: float = option(1e-4, help="Linear probe L2 penalty.")
+    max_iter: int = option(200, help="Linear probe L-BFGS iterations.")
+    img_size: int | None = option(
+        None, help="Square input side, floored to the patch size. Default: the images' own size "
+        "when they all share one, else 448.")
+    pixel_patch: int = option(
+        8, help="Patch side for the pixels backbone (its features are each patch's raw RGB "
+        "values).")
+    batch_size: int = option(64, help="Images per forward pass.")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -22,11 +22,12 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, one_of, positive
+from dinoeval.checks import at_least, one_of, option, positive
 from dinoeval.data._base import ImageSource
 from dinoeval.data.copies import CopyBenchmark
 from dinoeval.data.roxford import RevisitedGroundTruth, RevisitedSource
@@ -64,6 +65,20 @@ QUERY_BLOCK_MAX = 65536  # queries ranked per search call at most
 _SEARCH_FIXED = 40 << 20  # the search's fixed buffers (faiss scratch; see knn_ooc.fixed_bytes)
 
 
+def _ranking(name: str) -> Any:
+    """A field both configs share, its default and help written once (and checked once, in
+    :func:`check_ranking_options`)."""
+    default, help_text, flag = {
+        "ks": (DEFAULT_RETRIEVAL_KS, "Cut-offs of mP@k and recall@k.", "--k"),
+        "ap_kind": ("trapezoid", "trapezoid (revisited Oxford/Paris, Copydays) or step "
+                    "(scikit-learn's).", "--ap"),
+        "max_memory": ("1GB", "Working memory of the exact search, e.g. 1GB; queries are "
+                       "ranked in blocks.", None),
+        "show": (8, "Queries whose top-5 hits go to --html.", None),
+    }[name]
+    return option(default, help=help_text, **({"flag": flag} if flag else {}))
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetrievalConfig:
     """Retrieval settings (defaults: DINO's ``eval_image_retrieval.py``).
@@ -77,12 +92,14 @@ class RetrievalConfig:
         show: queries whose top hits are kept for the report.
     """
 
-    ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS
-    protocols: tuple[str, ...] = ("medium", "hard")
-    multiscale: bool = False
-    ap_kind: str = "trapezoid"
-    max_memory: str = "1GB"
-    show: int = 8
+    ks: tuple[int, ...] = _ranking("ks")
+    protocols: tuple[str, ...] = option(("medium", "hard"), help="Revisited protocols: easy, "
+                                        "medium, hard.", flag="--protocol")
+    multiscale: bool = option(False, help="Average CLS over input sides s, s/sqrt2, s/2, then "
+                              "L2-normalise (DINO's option).")
+    ap_kind: str = _ranking("ap_kind")
+    max_memory: str = _ranking("max_memory")
+    show: int = _ranking("show")
 
     def __post_init__(self) -> None:
         check_ranking_options(self.ks, self.ap_kind, self.max_memory, self.show)
@@ -103,13 +120,13 @@ class CopyDetectionConfig:
         ks, ap_kind, max_memory, show: as :class:`RetrievalConfig`.
     """
 
-    img_size: int = 320
-    whiten: bool = True
-    whitening_power: float = 0.5
-    ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS
-    ap_kind: str = "trapezoid"
-    max_memory: str = "1GB"
-    show: int = 8
+    img_size: int = option(320, help="Square input side of ViTs (DINO uses 320).")
+    whiten: bool = option(True, help="PCA-whiten (learned on separate images).")
+    whitening_power: float = option(0.5, help="0.5 whitens fully, 0 rotates.")
+    ks: tuple[int, ...] = _ranking("ks")
+    ap_kind: str = _ranking("ap_kind")
+    max_memory: str = _ranking("max_memory")
+    show: int = _ranking("show")
 
     def __post_init__(self) -> None:
         check_ranking_options(self.ks, self.ap_kind, self.max_memory, self.show)

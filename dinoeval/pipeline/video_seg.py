@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dinoeval.checks import at_least, check_device
+from dinoeval.checks import at_least, check_device, option
 from dinoeval.data.video import Video, VideoDataset, get_video_source, write_palette_png
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.davis import BOUND_TH, DavisResult, VideoScores, evaluate_video, summarize
@@ -50,16 +50,20 @@ class VideoSegConfig:
         masks_dir: write predictions here as ``<video>/<frame>.png`` palette PNGs (DAVIS layout).
     """
 
-    n_last_frames: int = 7
-    topk: int = 5
-    temperature: float = 0.1
-    radius: int = 12
-    short_side: int | None = None
-    multiple: int = 64
+    n_last_frames: int = option(7, help="Previous frames in the context besides the first.")
+    topk: int = option(5, help="Sources kept per target patch.")
+    temperature: float = option(0.1, help="Affinity exp(cosine/T).")
+    radius: int = option(12, help="Neighbourhood half-width in patches (0: whole frame).")
+    short_side: int | None = option(
+        None, help="Resize frames to this short side (long side floored to --multiple). Default: "
+        "480 for DAVIS, native size for moving-shapes.")
+    multiple: int = option(64, help="Long-side rounding (DINO: 64).")
     bound_th: float = BOUND_TH
-    pixel_patch: int = 8
-    batch_size: int = 16
-    device: str = "cpu"
+    pixel_patch: int = option(
+        8, help="Patch side for the pixels backbone (its features are each patch's raw RGB "
+        "values).")
+    batch_size: int = option(16, help="Frames per forward pass.")
+    device: str = option("cpu", help="cpu, cuda, cuda:1, ...")
     masks_dir: str | None = None
 
     def __post_init__(self) -> None:

@@ -10,7 +10,8 @@ import torch
 from dinoeval.errors import DinoevalError
 from dinoeval.models import load_backbone
 from pretrain.checkpoint import atomic_write, load_checkpoint
-from pretrain.loop import build_models, train_loop
+from pretrain.loop import train_loop
+from pretrain.step import build_models
 
 
 def _run(tmp_path: Path, tiny_config, **kw) -> Path:

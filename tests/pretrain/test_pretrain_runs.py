@@ -185,7 +185,7 @@ def test_teacher_starts_equal_to_the_student_even_with_batchnorm_in_the_head(tin
     # logits. With BatchNorm in the head this only holds when the teacher normalises with the
     # batch's statistics, as the official code does (an eval-mode teacher would use its
     # never-updated running statistics and disagree).
-    from pretrain.loop import build_models
+    from pretrain.step import build_models
 
     cfg = tiny_config(drop_path=0.0, head_use_bn=use_bn).resolved((8, 8))
     torch.manual_seed(0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.loop import ema_update
 from pretrain.loss import DINOLoss
 from pretrain.schedules import Schedules, cosine_schedule, teacher_temperature
+from pretrain.step import ema_update
 
 
 def official_cosine(base: float, final: float, epochs: int, niter_per_ep: int,
