@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -55,6 +55,7 @@ from dinoeval.pipeline.setup import (
     ExtractOptions,
     ProgressFactory,
     as_source,
+    context_for,
     notes,
 )
 from dinoeval.results import Context, to_frame
@@ -348,25 +349,27 @@ def features_at(backbone: Backbone, source: ImageSource, kind: str, opts: Extrac
     return fs
 
 
-def retrieval_features(spec: str, sources: list[ImageSource], bopts: BackboneOptions,
-                       eopts: ExtractOptions, multiscale: bool,
-                       progress: ProgressFactory | None) -> tuple[Backbone, list[FeatureSet], str]:
-    """CLS features of each source (multi-scale when asked) and the feature label for tables."""
-    backbone = bopts.load(spec)
+def retrieval_features(backbone: Backbone, sources: list[ImageSource], eopts: ExtractOptions,
+                       multiscale: bool, progress: ProgressFactory | None, *,
+                       rescale: Callable[[int], Backbone] | None = None
+                       ) -> tuple[list[FeatureSet], str]:
+    """CLS features of each source (multi-scale when asked) and the feature label for tables.
+
+    ``rescale(side)``: the same network at input ``side`` for the smaller scales (default:
+    :func:`rescaled`, the network in hand with its position table resampled per input)."""
     if backbone.kind == "pixels":
         if multiscale:
             raise DinoevalError("--multiscale needs a ViT backbone; pixels have no scales "
                                 "(drop --multiscale or the pixels --ckpt)")
-        return backbone, [features_at(backbone, s, "cls", eopts, progress) for s in sources], \
-            "pixels"
+        return [features_at(backbone, s, "cls", eopts, progress) for s in sources], "pixels"
     side = backbone.img_size[0] if backbone.img_size else None
     if side is None:
-        raise DinoevalError(f"{spec} has no input size; pass --img-size")
+        raise DinoevalError(f"{backbone.spec} has no input size; pass --img-size")
     if not multiscale:
-        return backbone, [features_at(backbone, s, "cls", eopts, progress) for s in sources], \
-            f"cls@{side}"
+        return [features_at(backbone, s, "cls", eopts, progress) for s in sources], f"cls@{side}"
     sizes = multiscale_sizes(side, backbone.patch_size)
-    scaled = [backbone] + [replace(bopts, img_size=sz).load(spec) for sz in sizes[1:]]
+    rescale = rescale or (lambda sz: rescaled(backbone, sz))
+    scaled = [backbone] + [rescale(sz) for sz in sizes[1:]]
     out = []
     for s in sources:
         fss = [features_at(b, s, "cls", eopts, progress) for b in scaled]
@@ -378,12 +381,20 @@ def retrieval_features(spec: str, sources: list[ImageSource], bopts: BackboneOpt
         out.append(FeatureSet(features=average_then_normalize([f.features for f in fss]),
                               labels=fss[0].labels, indices=kept,
                               meta={**fss[0].meta, "multiscale": list(sizes)}))
-    return backbone, out, f"cls@{side} multiscale"
+    return out, f"cls@{side} multiscale"
 
 
-def _context(backbone: Backbone, source: ImageSource, feature: str) -> Context:
-    return Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
-                   dataset=source.name, split=source.split, feature=feature)
+def rescaled(backbone: Backbone, side: int) -> Backbone:
+    """``backbone`` fed ``side x side`` inputs (ViTs resample their position table per input);
+    its identity is recomputed (the cached one names the old size)."""
+    meta = {k: v for k, v in backbone.meta.items() if k != "network_identity"}
+    return replace(backbone, img_size=(side, side), meta=meta)
+
+
+def _context(backbone: Backbone, source: ImageSource, feature: str,
+             gallery: ImageSource | None = None) -> Context:
+    """Every identity column; a separate gallery (database) is named like a k-NN bank."""
+    return replace(context_for(backbone, source, feature, train=gallery), feature=feature)
 
 
 def run_retrieval(ckpt: str, query: str | ImageSource, gallery: str | ImageSource | None = None,
@@ -394,17 +405,33 @@ def run_retrieval(ckpt: str, query: str | ImageSource, gallery: str | ImageSourc
     """Retrieval of one backbone: features of ``query`` and ``gallery`` (default: the revisited
     database of a revisited query source, else ``query`` itself), then
     :func:`evaluate_retrieval`."""
+    q_src, g_src, _, _ = resolve_retrieval_sources(query, gallery)
+    backbone = backbone_opts.load(ckpt)
+    return retrieval_with(backbone, q_src, g_src, extract_opts=extract_opts, config=config,
+                          progress=progress,
+                          rescale=lambda side: replace(backbone_opts, img_size=side).load(ckpt))
+
+
+def retrieval_with(backbone: Backbone, query: str | ImageSource,
+                   gallery: str | ImageSource | None = None, *,
+                   extract_opts: ExtractOptions = ExtractOptions(),
+                   config: RetrievalConfig = RetrievalConfig(),
+                   progress: ProgressFactory | None = None,
+                   rescale: Callable[[int], Backbone] | None = None) -> RetrievalRun:
+    """:func:`run_retrieval` with a backbone in hand, at the input size it was loaded with (the
+    demo's path); ``rescale``: see :func:`retrieval_features`."""
     t0 = time.perf_counter()
     q_src, g_src, gt, same = resolve_retrieval_sources(query, gallery)
-    backbone, feats, feature = retrieval_features(
-        ckpt, [q_src] if same else [q_src, g_src], backbone_opts, extract_opts, config.multiscale,
-        progress)
+    feats, feature = retrieval_features(backbone, [q_src] if same else [q_src, g_src],
+                                        extract_opts, config.multiscale, progress,
+                                        rescale=rescale)
     fq, fg = feats[0], feats[-1]
     results, top = evaluate_retrieval(fq, fg, config, groundtruth=gt, same_set=same)
     rows = [r for res in results for r in res.to_rows("retrieval")]
-    frame = to_frame(rows, _context(backbone, q_src, feature), seconds=time.perf_counter() - t0)
+    ctx = _context(backbone, q_src, feature, None if same else g_src)
+    frame = to_frame(rows, ctx, seconds=time.perf_counter() - t0)
     return RetrievalRun(frame=frame, results=results, top=top, query_source=q_src,
-                        gallery_source=g_src, backbone=ckpt,
+                        gallery_source=g_src, backbone=backbone.spec,
                         notes=notes(backbone, (fq, q_src), (fg, g_src)))
 
 
@@ -469,8 +496,8 @@ def copy_detection_with(backbone: Backbone, benchmark: CopyBenchmark, *,
     feature = "pixels" if backbone.kind == "pixels" else f"cls+gem@{side}"
     if w is not None:
         feature += f" whitened^{config.whitening_power:g}"
-    ctx = Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
-                  dataset=benchmark.name, split="copies", feature=feature)
+    ctx = replace(_context(backbone, benchmark.queries, feature, benchmark.database),
+                  dataset=benchmark.name, split="copies")
     frame = to_frame(result.to_rows("copy-detection"), ctx, seconds=time.perf_counter() - t0)
     return RetrievalRun(frame=frame, results=[result], top=top, query_source=benchmark.queries,
                         gallery_source=benchmark.database, backbone=backbone.spec,
