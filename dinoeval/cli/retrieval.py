@@ -58,7 +58,11 @@ def retrieval(
         help="Average CLS over input sides s, s/sqrt2, s/2, then L2-normalise (DINO's option).")]
         = False,
     img_size: Annotated[int | None, typer.Option(
-        help="Square input side of ViTs (DINO uses 224). Default: the checkpoint's.")] = None,
+        help="Input side of ViTs (DINO uses 224). Default: the checkpoint's.")] = None,
+    resize: Annotated[str, typer.Option(
+        help="How images meet --img-size: long (aspect kept, longer side = size; DINO's "
+        "script and the revisited protocol), short (aspect kept, shorter side = size) or "
+        "square (whole image squashed). Pixels are always square.")] = "long",
     ap: ApOpt = "trapezoid",
     max_memory: MaxMemoryOpt = "1GB",
     show: ShowOpt = 8,
@@ -97,7 +101,8 @@ def retrieval(
                                skip_bad_images=skip_bad_images, cache_dir=cache_dir)
         cfg = RetrievalConfig(ks=tuple(k) if k else RetrievalConfig().ks,
                               protocols=tuple(protocol) if protocol else
-                              RetrievalConfig().protocols, multiscale=multiscale, ap_kind=ap,
+                              RetrievalConfig().protocols, resize=resize,
+                              multiscale=multiscale, ap_kind=ap,
                               max_memory=max_memory, show=show)
         check_out(out)
         _check_html(html)

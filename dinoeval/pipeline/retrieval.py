@@ -12,13 +12,13 @@ Copy detection: CLS ⊕ GeM(p=4) of the last block's patch tokens (feature kind 
 square input (DINO: 320 px), PCA-whitened (power 0.5) with a transform learned on separate images,
 then the same exact full ranking; each copy's positives are its original(s).
 
-Images are resized to a square as a whole (DINO's copy detection does the same; its retrieval
-script keeps the aspect ratio with one image per batch, which this batched extraction does not).
+Input handling (:mod:`dinoeval.pipeline.retrieval_features`): retrieval keeps each image's
+aspect ratio with its longer side at the input size by default (``resize="long"``, DINO's
+retrieval script), copy detection resizes whole images to a square (DINO's copy-detection script).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -46,10 +46,10 @@ from dinoeval.eval.retrieval import (
     summarize,
 )
 from dinoeval.eval.whitening import Whitening, learn_whitening
-from dinoeval.features import FeatureSet, extract_features
-from dinoeval.features.pooling import average_then_normalize, multiscale_sizes
+from dinoeval.features import FeatureSet
 from dinoeval.models import Backbone
 from dinoeval.pipeline.knn_bank import parse_bytes
+from dinoeval.pipeline.retrieval_features import RESIZE_MODES, features_at, retrieval_features
 from dinoeval.pipeline.setup import (
     BackboneOptions,
     ExtractOptions,
@@ -72,6 +72,10 @@ class RetrievalConfig:
     Attributes:
         ks: cut-offs of mP@k and recall@k.
         protocols: revisited protocols evaluated when a ground-truth file defines relevance.
+        resize: how images meet the input side ``s``: ``long`` (aspect kept, longer side ``s``:
+            DINO's ``eval_image_retrieval.py`` and the revisited protocol), ``short`` (aspect
+            kept, shorter side ``s``) or ``square`` (whole image to ``s x s``); see
+            :mod:`dinoeval.pipeline.retrieval_features`. Recorded in the rows' ``feature``.
         multiscale: average CLS over input sides ``s, s/sqrt(2), s/2`` (then L2-normalise).
         ap_kind: ``trapezoid`` (the revisited protocol) or ``step``.
         max_memory: working-memory budget of the search (``"1GB"``).
@@ -80,6 +84,7 @@ class RetrievalConfig:
 
     ks: tuple[int, ...] = DEFAULT_RETRIEVAL_KS
     protocols: tuple[str, ...] = ("medium", "hard")
+    resize: str = "long"
     multiscale: bool = False
     ap_kind: str = "trapezoid"
     max_memory: str = "1GB"
@@ -91,6 +96,7 @@ class RetrievalConfig:
             raise DinoevalError("give at least one --protocol")
         for p in self.protocols:
             one_of("--protocol", p, PROTOCOLS)
+        one_of("--resize", self.resize, RESIZE_MODES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,95 +308,6 @@ def _check_features(queries: FeatureSet, gallery: FeatureSet) -> None:
         raise DinoevalError("retrieval needs at least one query and one gallery image")
 
 
-# ---------------------------------------------------------------------------------------------
-# Features from specs
-
-
-class SquareSource(ImageSource):
-    """``base`` with every image resized, whole, to ``size x size`` (bicubic)."""
-
-    def __init__(self, base: ImageSource, size: int) -> None:
-        self.base, self.size = base, size
-        self.spec = f"{base.spec}|square{size}"
-        self.name, self.split, self.classes = base.name, base.split, base.classes
-        self.labels, self.grayscale = base.labels, base.grayscale
-        self.native_size = (size, size)
-
-    def load(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        img = Image.fromarray(self.base.load(index))
-        return np.asarray(img.resize((self.size, self.size), Image.Resampling.BICUBIC))
-
-    def fingerprint(self) -> str:
-        return hashlib.blake2b(f"{self.base.fingerprint()}|square{self.size}".encode(),
-                               digest_size=8).hexdigest()
-
-
-def _square(source: ImageSource, size: int | None) -> ImageSource:
-    """Whole images at ``size`` (sources already square at any size are left alone: the eval
-    transform resizes square images whole)."""
-    ns = source.native_size
-    if size is None or (ns is not None and ns[0] == ns[1]):
-        return source
-    return SquareSource(source, size)
-
-
-def features_at(backbone: Backbone, source: ImageSource, kind: str, opts: ExtractOptions,
-                progress: ProgressFactory | None) -> FeatureSet:
-    """``kind`` features of ``source``, each image resized whole to the backbone's square input."""
-    side = backbone.img_size[0] if backbone.img_size else None
-    src = _square(source, side)
-    cb = progress(f"{backbone.name} on {source.spec}", len(src)) if progress else None
-    fs = extract_features(backbone, src, kind=kind, batch_size=opts.batch_size,
-                          device=opts.device, num_workers=opts.num_workers,
-                          skip_bad_images=opts.skip_bad_images, precision=opts.precision,
-                          crop_ratio=1.0, cache_dir=opts.cache_dir, progress=cb)
-    return fs
-
-
-def retrieval_features(backbone: Backbone, sources: list[ImageSource], eopts: ExtractOptions,
-                       multiscale: bool, progress: ProgressFactory | None, *,
-                       rescale: Callable[[int], Backbone] | None = None
-                       ) -> tuple[list[FeatureSet], str]:
-    """CLS features of each source (multi-scale when asked) and the feature label for tables.
-
-    ``rescale(side)``: the same network at input ``side`` for the smaller scales (default:
-    :func:`rescaled`, the network in hand with its position table resampled per input)."""
-    if backbone.kind == "pixels":
-        if multiscale:
-            raise DinoevalError("--multiscale needs a ViT backbone; pixels have no scales "
-                                "(drop --multiscale or the pixels --ckpt)")
-        return [features_at(backbone, s, "cls", eopts, progress) for s in sources], "pixels"
-    side = backbone.img_size[0] if backbone.img_size else None
-    if side is None:
-        raise DinoevalError(f"{backbone.spec} has no input size; pass --img-size")
-    if not multiscale:
-        return [features_at(backbone, s, "cls", eopts, progress) for s in sources], f"cls@{side}"
-    sizes = multiscale_sizes(side, backbone.patch_size)
-    rescale = rescale or (lambda sz: rescaled(backbone, sz))
-    scaled = [backbone] + [rescale(sz) for sz in sizes[1:]]
-    out = []
-    for s in sources:
-        fss = [features_at(b, s, "cls", eopts, progress) for b in scaled]
-        kept = fss[0].indices
-        for f in fss[1:]:
-            if not np.array_equal(f.indices, kept):
-                raise DinoevalError(f"{s.spec}: a different set of images was readable at "
-                                    "each scale; fix the unreadable files")
-        out.append(FeatureSet(features=average_then_normalize([f.features for f in fss]),
-                              labels=fss[0].labels, indices=kept,
-                              meta={**fss[0].meta, "multiscale": list(sizes)}))
-    return out, f"cls@{side} multiscale"
-
-
-def rescaled(backbone: Backbone, side: int) -> Backbone:
-    """``backbone`` fed ``side x side`` inputs (ViTs resample their position table per input);
-    its identity is recomputed (the cached one names the old size)."""
-    meta = {k: v for k, v in backbone.meta.items() if k != "network_identity"}
-    return replace(backbone, img_size=(side, side), meta=meta)
-
-
 def _context(backbone: Backbone, source: ImageSource, feature: str,
              gallery: ImageSource | None = None) -> Context:
     """Every identity column; a separate gallery (database) is named like a k-NN bank."""
@@ -424,7 +341,7 @@ def retrieval_with(backbone: Backbone, query: str | ImageSource,
     q_src, g_src, gt, same = resolve_retrieval_sources(query, gallery)
     feats, feature = retrieval_features(backbone, [q_src] if same else [q_src, g_src],
                                         extract_opts, config.multiscale, progress,
-                                        rescale=rescale)
+                                        resize=config.resize, rescale=rescale)
     fq, fg = feats[0], feats[-1]
     results, top = evaluate_retrieval(fq, fg, config, groundtruth=gt, same_set=same)
     rows = [r for res in results for r in res.to_rows("retrieval")]
