@@ -140,3 +140,22 @@ def test_pixels_and_bad_modes_are_refused_or_squared(mixed):
         make_transform(pixels, mixed, 1.0, "long")
     with pytest.raises(DinoevalError, match="--resize"):
         features_at(pixels, mixed, "cls", ExtractOptions(), None, "wide")
+
+
+def test_an_unreadable_file_among_mixed_shapes_is_named_or_skipped(vit, tmp_path):
+    from dinoeval.data.builtin import BadImageError
+    from dinoeval.data.copies import FileListSource
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (h, w) in enumerate([(30, 40), (40, 30), (20, 20)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    paths.insert(1, tmp_path / "broken.png")
+    paths[1].write_bytes(b"not a png")
+    src = FileListSource(paths, spec="files", name="files", split="all")
+    with pytest.raises(BadImageError, match=r"broken\.png"):
+        extract_features(vit, src, crop_ratio=1.0, keep_aspect="long", batch_size=2)
+    fs = extract_features(vit, src, crop_ratio=1.0, keep_aspect="long", batch_size=2,
+                          skip_bad_images=True)
+    assert fs.indices.tolist() == [0, 2, 3] and fs.meta["skipped"] == 1
