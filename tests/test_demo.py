@@ -94,6 +94,12 @@ def test_demo_command_prints_the_table_and_targets(tiny_ckpt: Path, tmp_path: Pa
     assert res.exit_code == 0, res.output
     assert "k-NN" in res.output and "random" in res.output
     assert "vs pixels" in res.output
+    # one row per metric: every column whole at 80 columns, however many evaluations ran
+    assert "retrieval mAP" in res.output and "copy-detection mAP" in res.output
+    assert "│ random init │" not in res.output and "random init" in res.output.splitlines()[
+        next(i for i, line in enumerate(res.output.splitlines()) if "metric" in line)]
+    table = [line for line in res.output.splitlines() if line[:1] in "┃│┏┡└"]
+    assert len(table) > 10 and max(len(line) for line in table) <= 80
     assert (out / "results.csv").exists() and not (out / "attention").exists()
 
 

@@ -131,16 +131,26 @@ def dense_evals(backbone: Backbone, role: str, config: DemoConfig, patch: int,
     return out
 
 
-def copy_benchmark(config: DemoConfig, source: ImageSource) -> Any:
-    """The seeded procedural copy benchmark of the demo (``None`` when ``copy_originals`` is
-    0), made once and shared by every backbone."""
-    if config.copy_originals == 0:
+def copy_benchmark(config: DemoConfig, source: ImageSource, notes: list[str]) -> Any:
+    """The seeded procedural copy benchmark of the demo, made once and shared by every backbone
+    (``None`` when ``copy_originals`` is 0). A set smaller than the asked sizes (a ``--test``
+    override) gets them scaled down in the same proportions, said in ``notes``."""
+    o, d, w = config.copy_originals, config.copy_distractors, config.copy_whitening
+    if o == 0:
         return None
     from dinoeval.data.copies import procedural_copies
 
-    return procedural_copies(source, n_originals=config.copy_originals,
-                             n_distractors=config.copy_distractors,
-                             n_whitening=config.copy_whitening, seed=config.seed)
+    n = len(source)
+    if o + d + w > n:
+        f = n / (o + d + w)
+        o, d, w = max(1, int(o * f)), int(d * f), int(w * f)
+        if o + d + w > n or (w and w < 2):  # whitening needs 2 images at least
+            o = min(o, n)
+            d, w = n - o, 0
+        notes.append(f"copy detection scaled to {n} images of {source.spec}: {o} originals, "
+                     f"{d} distractors, {w} whitening images")
+    return procedural_copies(source, n_originals=o, n_distractors=d, n_whitening=w,
+                             seed=config.seed)
 
 
 def retrieval_evals(b: BackboneRun, source: ImageSource, bench: Any, config: DemoConfig,

@@ -62,7 +62,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, *, progress: ProgressFacto
         ckpt = config.ckpt or str(shipped_checkpoint(config.data))
     train_src, test_src = get_source(config.train or ds.train), get_source(config.test or ds.test)
     retrieval_src = get_source(config.retrieval_spec())
-    bench = plan.copy_benchmark(config, retrieval_src)  # before any backbone: bad sizes fail now
+    bench = plan.copy_benchmark(config, retrieval_src, notes)  # made once, before any backbone
     c = max(len(train_src.classes), len(test_src.classes))
 
     specs = [("DINO", ckpt), ("random init", f"random:{ckpt}"), ("pixels", "pixels")]
