@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from dinoeval.cli import app
+from dinoeval.data import get_source
 from dinoeval.demo import DemoConfig, TargetCheck, check_targets, run_demo, summarize
 from dinoeval.models import ViTArch, build_vit
 from dinoeval.results import COLUMNS, Context, Row, read_results, to_frame
@@ -37,6 +38,7 @@ def _small(ckpt: Path, **kw: object) -> DemoConfig:
              "dense_train": "shapes:train@n=8,size=32", "dense_test": "shapes:test@n=4,size=32"}
     return DemoConfig(ckpt=str(ckpt), train=SMALL_TRAIN, test=SMALL_TEST, attention_images=12,
                       report_images=2, linear_epochs=2, knn_ks=(5, 10), knn_k=10,
+                      copy_originals=8, copy_distractors=16, copy_whitening=16, map_points=30,
                       **{**dense, **kw})
 
 
@@ -52,8 +54,24 @@ def test_demo_runs_end_to_end_and_writes_every_file(tiny_ckpt: Path, tmp_path: P
     jac = result.summary.set_index("backbone")["attn Jaccard (mean of heads)"]
     assert math.isnan(jac["pixels"]) and 0 <= jac["DINO"] <= 1 and 0 <= jac["random init"] <= 1
     for name in ("results.csv", "summary.csv", "results.md", "config.json", "report.html",
-                 "attention", "video"):
+                 "attention", "video", "retrieval", "copies"):
         assert result.files[name].exists(), name
+    # retrieval and copy detection through the commands' runners: the same rows they write
+    for col in ("retrieval mAP", "copy-detection mAP"):
+        assert result.summary[col].between(0, 1).all(), col
+    ret = result.frame[result.frame["eval"] == "retrieval"]
+    assert set(ret["data"]) == {get_source(SMALL_TEST).spec} and (ret["data_n"] == 48).all()
+    assert (ret[ret["metric"] == "mAP"]["n"] == 48).all()  # every test image queries the rest
+    cd = result.frame[(result.frame["eval"] == "copy-detection") & (result.frame["metric"] == "mAP")]
+    assert cd["n"].tolist() == [8, 8, 8] and set(cd["split"]) == {"copies"}
+    assert set(cd["feature"]) == {"cls+gem@32 whitened^0.5", "pixels whitened^0.5"}
+    # the results page is the report's, with the issue-18 figures of the typed results
+    page = result.files["report.html"].read_text()
+    for stem in ("confusion_knn_dino", "confusion_linear_pixels", "rankme_spectrum",
+                 "per_class_accuracy", "map_random_init"):
+        assert f'alt="{stem}' in page, stem
+    hits = result.files["retrieval"].read_text()
+    assert hits.count("random init") >= 4 and "irrelevant" in hits
     stored = read_results(out / "results.csv")
     assert list(stored.columns) == list(COLUMNS)
     assert set(stored["eval"]) >= {"knn", "linear-grid", "kmeans-spherical", "collapse",
@@ -76,6 +94,12 @@ def test_demo_command_prints_the_table_and_targets(tiny_ckpt: Path, tmp_path: Pa
     assert res.exit_code == 0, res.output
     assert "k-NN" in res.output and "random" in res.output
     assert "vs pixels" in res.output
+    # one row per metric: every column whole at 80 columns, however many evaluations ran
+    assert "retrieval mAP" in res.output and "copy-detection mAP" in res.output
+    assert "│ random init │" not in res.output and "random init" in res.output.splitlines()[
+        next(i for i, line in enumerate(res.output.splitlines()) if "metric" in line)]
+    table = [line for line in res.output.splitlines() if line[:1] in "┃│┏┡└"]
+    assert len(table) > 10 and max(len(line) for line in table) <= 80
     assert (out / "results.csv").exists() and not (out / "attention").exists()
 
 

@@ -39,9 +39,9 @@ def demo(
 
     Evaluates a small DINO ViT (shipped in the package, trained by `dinoeval pretrain`), the same
     architecture with random weights, and raw pixels: weighted k-NN, linear probe, k-means,
-    collapse and neural-collapse statistics, and the Jaccard of attention masks against the
-    objects' true masks. Prints one table and writes results/demo/ (results/demo_fmnist/ for
-    Fashion-MNIST). Examples:
+    collapse and neural-collapse statistics, retrieval and copy detection, and the Jaccard of
+    attention masks against the objects' true masks. Prints one table and writes results/demo/
+    (results/demo_fmnist/ for Fashion-MNIST). Examples:
 
       dinoeval demo
 

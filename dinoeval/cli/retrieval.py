@@ -39,7 +39,7 @@ def retrieval(
         help="Gallery data. Default: a revisited benchmark's database, else the query data "
         "itself (each query then skips itself).")] = None,
     img_size: Annotated[int | None, typer.Option(
-        help="Square input side of ViTs (DINO uses 224). Default: the checkpoint's.")] = None,
+        help="Input side of ViTs (DINO uses 224). Default: the checkpoint's.")] = None,
     html: HtmlOpt = None,
     out: OutOpt = None,
     *,

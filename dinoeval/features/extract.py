@@ -42,9 +42,20 @@ FEATURE_CODE_VERSION = "4"  # 2: gray pixels 1 channel; 3: torchvision resize; 4
 
 
 def make_transform(backbone: Backbone, source: ImageSource,
-                   crop_ratio: float | None = None) -> EvalTransform | None:
-    """The eval transform for this backbone on this source (``None`` for native-size pixels)."""
+                   crop_ratio: float | None = None, keep_aspect: str = ""
+                   ) -> EvalTransform | None:
+    """The eval transform for this backbone on this source (``None`` for native-size pixels).
+
+    ``keep_aspect`` (``long``/``short``, ViTs only): aspect-preserving resize of that side to
+    the backbone's input side, cut to whole patches (:func:`~dinoeval.features.transforms.
+    resize_keep_aspect`)."""
     size = backbone.img_size
+    if keep_aspect:
+        if backbone.kind == "pixels" or size is None or size[0] != size[1]:
+            raise DinoevalError("an aspect-preserving resize needs a ViT with a square input "
+                                f"side; {backbone.spec} has {size or 'none'}")
+        return EvalTransform(size=size, crop_ratio=1.0, mean=backbone.mean, std=backbone.std,
+                             keep_aspect=keep_aspect, multiple=backbone.patch_size)
     if backbone.kind == "pixels":
         if size is None:
             if source.native_size is None:
@@ -131,6 +142,9 @@ def iterate_batches(source: ImageSource, transform: EvalTransform | None, *, bat
             yield x, idx, ok
         return
     ds = _LoaderDataset(source, transform)
+    if transform is not None and transform.keep_aspect:
+        yield from _shape_batches(ds, batch_size, num_workers, skip_bad_images)
+        return
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=num_workers,
                                          shuffle=False, persistent_workers=False)
     for x, idx, ok, bad_path, reason in loader:
@@ -139,6 +153,31 @@ def iterate_batches(source: ImageSource, transform: EvalTransform | None, *, bat
             j = int(np.flatnonzero(~ok)[0])
             raise BadImageError(bad_path[j], reason[j])
         yield x, idx.numpy().astype(np.int64), ok
+
+
+def _shape_batches(ds: _LoaderDataset, batch_size: int, num_workers: int,
+                   skip_bad_images: bool) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+    """Batches of images of one shape (an aspect-preserving transform gives images of many):
+    images are read in order and held per shape until ``batch_size`` of them are there; what
+    is left goes at the end. Batches come out of source order (their indices say where)."""
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers,
+                                         shuffle=False, persistent_workers=False)
+    held: dict[tuple[int, ...], list[tuple[torch.Tensor, int, bool]]] = {}
+
+    def batch(items: list[tuple[torch.Tensor, int, bool]]):
+        return (torch.stack([t for t, _, _ in items]),
+                np.array([i for _, i, _ in items], np.int64),
+                np.array([ok for _, _, ok in items], bool))
+
+    for x, i, ok, bad_path, reason in loader:
+        if not ok and not skip_bad_images:
+            raise BadImageError(bad_path, reason)
+        items = held.setdefault(tuple(x.shape), [])
+        items.append((x, int(i), bool(ok)))
+        if len(items) == batch_size:
+            yield batch(held.pop(tuple(x.shape)))
+    for items in held.values():
+        yield batch(items)
 
 
 def extract_features(
@@ -152,6 +191,7 @@ def extract_features(
     skip_bad_images: bool = False,
     precision: str = "fp32",
     crop_ratio: float | None = None,
+    keep_aspect: str = "",
     cache_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> FeatureSet:
@@ -164,6 +204,9 @@ def extract_features(
         skip_bad_images: skip undecodable images and count them (``meta["skipped"]``) instead of
             failing on the first one.
         precision: ``fp32`` or ``bf16`` (autocast; the default on CUDA is still fp32).
+        keep_aspect: ``long``/``short``: keep each image's aspect ratio (that side resized to
+            the backbone's input side, cut to whole patches; see :func:`make_transform`);
+            images of one shape are batched together. ``""``: the square eval transform.
         cache_dir: reuse/store features there (see :mod:`dinoeval.features.cache`).
         progress: called with the number of images done after each batch.
     """
@@ -171,7 +214,7 @@ def extract_features(
         raise DinoevalError(f"unknown feature kind {kind!r}; use one of {', '.join(FEATURE_KINDS)}")
     if len(source) == 0:
         raise DinoevalError(f"data source {source.spec} has no images")
-    transform = make_transform(backbone, source, crop_ratio)
+    transform = make_transform(backbone, source, crop_ratio, keep_aspect)
     meta = feature_meta(backbone, source, kind, transform, precision)
     if cache_dir is not None:
         cache = FeatureCache(cache_dir)
@@ -200,6 +243,9 @@ def extract_features(
             progress(done)
     indices = np.concatenate(kept)
     features = np.concatenate(chunks).astype(np.float32, copy=False)
+    if (np.diff(indices) < 0).any():  # batches grouped by image shape: back to source order
+        order = np.argsort(indices, kind="stable")
+        indices, features = indices[order], features[order]
     if not np.isfinite(features).all():
         bad = int((~np.isfinite(features.reshape(len(features), -1))).any(1).sum())
         raise DinoevalError(f"{backbone.spec} produced NaN/inf features for {bad} images of "

@@ -17,25 +17,44 @@ import torch
 import torch.nn.functional as F
 
 SMALL_IMAGE_SIDE = 64
+ASPECT_MODES = ("long", "short")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalTransform:
-    """Resize + center-crop + normalise. ``size`` is (H, W) of the model input."""
+    """Resize + center-crop + normalise. ``size`` is (H, W) of the model input.
+
+    ``keep_aspect`` (``long`` or ``short``): instead, keep each image's aspect ratio, resize it
+    so that that side equals ``size[0]`` and cut the trailing rows/columns beyond a multiple of
+    ``multiple`` (:func:`resize_keep_aspect`); images of other shapes give other output shapes.
+    """
 
     size: tuple[int, int]
     crop_ratio: float = 224 / 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    keep_aspect: str = ""
+    multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.keep_aspect and self.keep_aspect not in ASPECT_MODES:
+            raise ValueError(f"keep_aspect must be '' or one of {ASPECT_MODES}, got "
+                             f"{self.keep_aspect!r}")
 
     def key(self) -> str:
         d = asdict(self)
+        if not self.keep_aspect:  # keys of the centre-crop transform stay what they were
+            d.pop("keep_aspect"), d.pop("multiple")
         return ",".join(f"{k}={v}" for k, v in sorted(d.items()))
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``(B, H, W[, 3]) uint8`` -> ``(B, 3, *size) float32`` normalised."""
+        """``(B, H, W[, 3]) uint8`` -> ``(B, 3, *size) float32`` normalised (with
+        ``keep_aspect``: ``(B, 3, *aspect_size(H, W, ...))``)."""
         x = to_float_nchw(images)
-        x = resize_center_crop(x, self.size, self.crop_ratio)
+        if self.keep_aspect:
+            x = resize_keep_aspect(x, self.size[0], self.keep_aspect, self.multiple)
+        else:
+            x = resize_center_crop(x, self.size, self.crop_ratio)
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -97,3 +116,43 @@ def resize_center_crop(x: torch.Tensor, size: tuple[int, int], crop_ratio: float
         h, w = nh, nw
     top, left = round((h - th) / 2), round((w - tw) / 2)
     return x[..., top : top + th, left : left + tw]
+
+
+def aspect_size(h: int, w: int, side: int, mode: str = "long", multiple: int = 1
+                ) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Sizes of an ``h x w`` image resized with its aspect ratio kept.
+
+    ``mode="long"``: the longer side becomes ``side`` (DINO's ``eval_image_retrieval.py``:
+    ``img.thumbnail((imsize, imsize))``, the revisited Oxford/Paris protocol's resize);
+    ``"short"``: the shorter side does. The other side is ``side * other / that`` rounded to the
+    nearest pixel (halves up), at least ``multiple``.
+
+    Returns:
+        ``((H', W') resized, (h', w') kept)``: ``kept`` cuts each side down to a multiple of
+        ``multiple`` (a patch), the trailing rows/columns a stride-``p`` patch embedding never
+        sees (DINO's ``Conv2d(kernel=p, stride=p)`` drops them).
+    """
+    if mode not in ASPECT_MODES:
+        raise ValueError(f"mode must be one of {ASPECT_MODES}, got {mode!r}")
+    if min(h, w, side, multiple) < 1:
+        raise ValueError(f"sizes must be >= 1, got {h}x{w}, side {side}, multiple {multiple}")
+    ref = max(h, w) if mode == "long" else min(h, w)
+
+    def other(n: int) -> int:
+        return side if n == ref else max(multiple, math.floor(n * side / ref + 0.5))
+
+    nh, nw = (side, other(w)) if h == ref else (other(h), side)
+    return (nh, nw), (nh // multiple * multiple, nw // multiple * multiple)
+
+
+def resize_keep_aspect(x: torch.Tensor, side: int, mode: str = "long",
+                       multiple: int = 1) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1] resized with the aspect ratio kept (bicubic, antialiased, as
+    the other eval transforms) to :func:`aspect_size`'s ``resized`` size, then cut to its
+    ``kept`` size from the top-left corner: ``(B, 3, h', w')``."""
+    h, w = x.shape[-2:]
+    (nh, nw), (kh, kw) = aspect_size(int(h), int(w), side, mode, multiple)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True,
+                          align_corners=False).clamp_(0, 1)
+    return x[..., :kh, :kw]

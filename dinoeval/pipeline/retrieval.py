@@ -12,15 +12,15 @@ Copy detection: CLS ⊕ GeM(p=4) of the last block's patch tokens (feature kind 
 square input (DINO: 320 px), PCA-whitened (power 0.5) with a transform learned on separate images,
 then the same exact full ranking; each copy's positives are its original(s).
 
-Images are resized to a square as a whole (DINO's copy detection does the same; its retrieval
-script keeps the aspect ratio with one image per batch, which this batched extraction does not).
+Input handling (:mod:`dinoeval.pipeline.retrieval_features`): retrieval keeps each image's
+aspect ratio with its longer side at the input size by default (``resize="long"``, DINO's
+retrieval script), copy detection resizes whole images to a square (DINO's copy-detection script).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,15 +47,16 @@ from dinoeval.eval.retrieval import (
     summarize,
 )
 from dinoeval.eval.whitening import Whitening, learn_whitening
-from dinoeval.features import FeatureSet, extract_features
-from dinoeval.features.pooling import average_then_normalize, multiscale_sizes
+from dinoeval.features import FeatureSet
 from dinoeval.models import Backbone
 from dinoeval.pipeline.knn_bank import parse_bytes
+from dinoeval.pipeline.retrieval_features import RESIZE_MODES, features_at, retrieval_features
 from dinoeval.pipeline.setup import (
     BackboneOptions,
     ExtractOptions,
     ProgressFactory,
     as_source,
+    context_for,
     notes,
 )
 from dinoeval.results import Context, to_frame
@@ -86,6 +87,10 @@ class RetrievalConfig:
     Attributes:
         ks: cut-offs of mP@k and recall@k.
         protocols: revisited protocols evaluated when a ground-truth file defines relevance.
+        resize: how images meet the input side ``s``: ``long`` (aspect kept, longer side ``s``:
+            DINO's ``eval_image_retrieval.py`` and the revisited protocol), ``short`` (aspect
+            kept, shorter side ``s``) or ``square`` (whole image to ``s x s``); see
+            :mod:`dinoeval.pipeline.retrieval_features`. Recorded in the rows' ``feature``.
         multiscale: average CLS over input sides ``s, s/sqrt(2), s/2`` (then L2-normalise).
         ap_kind: ``trapezoid`` (the revisited protocol) or ``step``.
         max_memory: working-memory budget of the search (``"1GB"``).
@@ -95,6 +100,10 @@ class RetrievalConfig:
     ks: tuple[int, ...] = _ranking("ks")
     protocols: tuple[str, ...] = option(("medium", "hard"), help="Revisited protocols: easy, "
                                         "medium, hard.", flag="--protocol")
+    resize: str = option("long", help="How images meet --img-size: long (aspect kept, longer "
+                         "side = size; DINO's script and the revisited protocol), short (aspect "
+                         "kept, shorter side = size) or square (whole image squashed). Pixels are "
+                         "always square.")
     multiscale: bool = option(False, help="Average CLS over input sides s, s/sqrt2, s/2, then "
                               "L2-normalise (DINO's option).")
     ap_kind: str = _ranking("ap_kind")
@@ -107,6 +116,7 @@ class RetrievalConfig:
             raise DinoevalError("give at least one --protocol")
         for p in self.protocols:
             one_of("--protocol", p, PROTOCOLS)
+        one_of("--resize", self.resize, RESIZE_MODES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -318,89 +328,10 @@ def _check_features(queries: FeatureSet, gallery: FeatureSet) -> None:
         raise DinoevalError("retrieval needs at least one query and one gallery image")
 
 
-# ---------------------------------------------------------------------------------------------
-# Features from specs
-
-
-class SquareSource(ImageSource):
-    """``base`` with every image resized, whole, to ``size x size`` (bicubic)."""
-
-    def __init__(self, base: ImageSource, size: int) -> None:
-        self.base, self.size = base, size
-        self.spec = f"{base.spec}|square{size}"
-        self.name, self.split, self.classes = base.name, base.split, base.classes
-        self.labels, self.grayscale = base.labels, base.grayscale
-        self.native_size = (size, size)
-
-    def load(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        img = Image.fromarray(self.base.load(index))
-        return np.asarray(img.resize((self.size, self.size), Image.Resampling.BICUBIC))
-
-    def fingerprint(self) -> str:
-        return hashlib.blake2b(f"{self.base.fingerprint()}|square{self.size}".encode(),
-                               digest_size=8).hexdigest()
-
-
-def _square(source: ImageSource, size: int | None) -> ImageSource:
-    """Whole images at ``size`` (sources already square at any size are left alone: the eval
-    transform resizes square images whole)."""
-    ns = source.native_size
-    if size is None or (ns is not None and ns[0] == ns[1]):
-        return source
-    return SquareSource(source, size)
-
-
-def features_at(backbone: Backbone, source: ImageSource, kind: str, opts: ExtractOptions,
-                progress: ProgressFactory | None) -> FeatureSet:
-    """``kind`` features of ``source``, each image resized whole to the backbone's square input."""
-    side = backbone.img_size[0] if backbone.img_size else None
-    src = _square(source, side)
-    cb = progress(f"{backbone.name} on {source.spec}", len(src)) if progress else None
-    fs = extract_features(backbone, src, kind=kind, batch_size=opts.batch_size,
-                          device=opts.device, num_workers=opts.num_workers,
-                          skip_bad_images=opts.skip_bad_images, precision=opts.precision,
-                          crop_ratio=1.0, cache_dir=opts.cache_dir, progress=cb)
-    return fs
-
-
-def retrieval_features(spec: str, sources: list[ImageSource], bopts: BackboneOptions,
-                       eopts: ExtractOptions, multiscale: bool,
-                       progress: ProgressFactory | None) -> tuple[Backbone, list[FeatureSet], str]:
-    """CLS features of each source (multi-scale when asked) and the feature label for tables."""
-    backbone = bopts.load(spec)
-    if backbone.kind == "pixels":
-        if multiscale:
-            raise DinoevalError("--multiscale needs a ViT backbone; pixels have no scales "
-                                "(drop --multiscale or the pixels --ckpt)")
-        return backbone, [features_at(backbone, s, "cls", eopts, progress) for s in sources], \
-            "pixels"
-    side = backbone.img_size[0] if backbone.img_size else None
-    if side is None:
-        raise DinoevalError(f"{spec} has no input size; pass --img-size")
-    if not multiscale:
-        return backbone, [features_at(backbone, s, "cls", eopts, progress) for s in sources], \
-            f"cls@{side}"
-    sizes = multiscale_sizes(side, backbone.patch_size)
-    scaled = [backbone] + [replace(bopts, img_size=sz).load(spec) for sz in sizes[1:]]
-    out = []
-    for s in sources:
-        fss = [features_at(b, s, "cls", eopts, progress) for b in scaled]
-        kept = fss[0].indices
-        for f in fss[1:]:
-            if not np.array_equal(f.indices, kept):
-                raise DinoevalError(f"{s.spec}: a different set of images was readable at "
-                                    "each scale; fix the unreadable files")
-        out.append(FeatureSet(features=average_then_normalize([f.features for f in fss]),
-                              labels=fss[0].labels, indices=kept,
-                              meta={**fss[0].meta, "multiscale": list(sizes)}))
-    return backbone, out, f"cls@{side} multiscale"
-
-
-def _context(backbone: Backbone, source: ImageSource, feature: str) -> Context:
-    return Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
-                   dataset=source.name, split=source.split, feature=feature)
+def _context(backbone: Backbone, source: ImageSource, feature: str,
+             gallery: ImageSource | None = None) -> Context:
+    """Every identity column; a separate gallery (database) is named like a k-NN bank."""
+    return replace(context_for(backbone, source, feature, train=gallery), feature=feature)
 
 
 def run_retrieval(ckpt: str, query: str | ImageSource, gallery: str | ImageSource | None = None,
@@ -411,17 +342,33 @@ def run_retrieval(ckpt: str, query: str | ImageSource, gallery: str | ImageSourc
     """Retrieval of one backbone: features of ``query`` and ``gallery`` (default: the revisited
     database of a revisited query source, else ``query`` itself), then
     :func:`evaluate_retrieval`."""
+    q_src, g_src, _, _ = resolve_retrieval_sources(query, gallery)
+    backbone = backbone_opts.load(ckpt)
+    return retrieval_with(backbone, q_src, g_src, extract_opts=extract_opts, config=config,
+                          progress=progress,
+                          rescale=lambda side: replace(backbone_opts, img_size=side).load(ckpt))
+
+
+def retrieval_with(backbone: Backbone, query: str | ImageSource,
+                   gallery: str | ImageSource | None = None, *,
+                   extract_opts: ExtractOptions = ExtractOptions(),
+                   config: RetrievalConfig = RetrievalConfig(),
+                   progress: ProgressFactory | None = None,
+                   rescale: Callable[[int], Backbone] | None = None) -> RetrievalRun:
+    """:func:`run_retrieval` with a backbone in hand, at the input size it was loaded with (the
+    demo's path); ``rescale``: see :func:`retrieval_features`."""
     t0 = time.perf_counter()
     q_src, g_src, gt, same = resolve_retrieval_sources(query, gallery)
-    backbone, feats, feature = retrieval_features(
-        ckpt, [q_src] if same else [q_src, g_src], backbone_opts, extract_opts, config.multiscale,
-        progress)
+    feats, feature = retrieval_features(backbone, [q_src] if same else [q_src, g_src],
+                                        extract_opts, config.multiscale, progress,
+                                        resize=config.resize, rescale=rescale)
     fq, fg = feats[0], feats[-1]
     results, top = evaluate_retrieval(fq, fg, config, groundtruth=gt, same_set=same)
     rows = [r for res in results for r in res.to_rows("retrieval")]
-    frame = to_frame(rows, _context(backbone, q_src, feature), seconds=time.perf_counter() - t0)
+    ctx = _context(backbone, q_src, feature, None if same else g_src)
+    frame = to_frame(rows, ctx, seconds=time.perf_counter() - t0)
     return RetrievalRun(frame=frame, results=results, top=top, query_source=q_src,
-                        gallery_source=g_src, backbone=ckpt,
+                        gallery_source=g_src, backbone=backbone.spec,
                         notes=notes(backbone, (fq, q_src), (fg, g_src)))
 
 
@@ -486,8 +433,8 @@ def copy_detection_with(backbone: Backbone, benchmark: CopyBenchmark, *,
     feature = "pixels" if backbone.kind == "pixels" else f"cls+gem@{side}"
     if w is not None:
         feature += f" whitened^{config.whitening_power:g}"
-    ctx = Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
-                  dataset=benchmark.name, split="copies", feature=feature)
+    ctx = replace(_context(backbone, benchmark.queries, feature, benchmark.database),
+                  dataset=benchmark.name, split="copies")
     frame = to_frame(result.to_rows("copy-detection"), ctx, seconds=time.perf_counter() - t0)
     return RetrievalRun(frame=frame, results=[result], top=top, query_source=benchmark.queries,
                         gallery_source=benchmark.database, backbone=backbone.spec,

@@ -39,6 +39,12 @@ def test_retrieval_on_a_revisited_fixture_writes_rows_and_the_view(tmp_path, ckp
     assert len(df) == 2 * 2 * 7 and set(df["eval"]) == {"retrieval"}
     text = page.read_text()
     assert text.count("<img") == 2 * (1 + 2 * 5) and "junk" in text
+    # the input handling is part of the row's identity: appended rows never merge
+    r = runner.invoke(app, ["retrieval", "--ckpt", ckpt, "--query", f"roxford5k:query@{folder}",
+                            "--resize", "square", "--out", str(out), "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    feats = pd.read_csv(out).groupby("feature")["backbone"].count().to_dict()
+    assert feats == {"cls@16 long": 14, "pixels": 14, "cls@16 square": 14}
 
 
 def test_copy_detection_on_procedural_copies(tmp_path, ckpt):
@@ -65,6 +71,8 @@ def test_bad_input_is_one_line_and_exit_2_before_the_work(tmp_path, ckpt):
         (["retrieval", "--ckpt", ckpt, "--query", "digits:test", "--out",
           str(tmp_path / "r.txt")], ".csv or .parquet"),
         (["retrieval", "--ckpt", ckpt, "--query", "digits:test", "--k", "0"], "--k"),
+        (["retrieval", "--ckpt", ckpt, "--query", "digits:test", "--resize", "crop"],
+         "--resize must be one of"),
         (["copy-detection", "--ckpt", ckpt], "exactly one of --data"),
         (["copy-detection", "--ckpt", ckpt, "--data", "digits:test", "--originals", "5000"],
          "needs"),

@@ -101,7 +101,7 @@ def test_retrieval_on_a_revisited_fixture_end_to_end(tmp_path, tiny_ckpt):
                         extract_opts=eopts, config=RetrievalConfig(protocols=("easy", "hard")))
     df = run.frame
     assert set(df["eval"]) == {"retrieval"} and set(df["dataset"]) == {"roxford5k"}
-    assert set(df["feature"]) == {"cls@16"}
+    assert set(df["feature"]) == {"cls@16 long"}  # DINO's default: aspect kept
     maps = df[df.metric == "mAP"].set_index("param")["value"]
     assert set(maps.index) == {"protocol=easy", "protocol=hard"}
     assert ((maps >= 0) & (maps <= 1)).all()
@@ -110,7 +110,7 @@ def test_retrieval_on_a_revisited_fixture_end_to_end(tmp_path, tiny_ckpt):
     assert df[(df.metric == "mAP") & (df.param == "protocol=hard")]["n"].iloc[0] == 1
     ms = run_retrieval(tiny_ckpt, f"roxford5k:query-full@{folder}", backbone_opts=bopts,
                        extract_opts=eopts, config=RetrievalConfig(multiscale=True))
-    assert set(ms.frame["feature"]) == {"cls@16 multiscale"}
+    assert set(ms.frame["feature"]) == {"cls@16 long multiscale"}
 
 
 def test_copy_detection_end_to_end_on_procedural_copies(tiny_ckpt):
