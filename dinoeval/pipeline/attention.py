@@ -112,6 +112,8 @@ class AttentionRun:
     prep: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    network: str = ""
+    resolution: str = ""
 
 
 def mask_provider(source: ImageSource) -> MaskProvider | None:
@@ -240,9 +242,9 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
                             f"({depth} blocks: 0..{depth - 1}, or -1 for the last)")
     provider = mask_provider(source) if score else None
     p = backbone.patch_size
-    images, targets, prep = prepare(source, indices, patch_size=p,
-                                    resize=resolve_resize(backbone, config), fit=config.fit,
-                                    provider=provider)
+    resize = resolve_resize(backbone, config)
+    images, targets, prep = prepare(source, indices, patch_size=p, resize=resize,
+                                    fit=config.fit, provider=provider)
     maps, seconds = _extract(backbone, images, config, progress)
     masks = [attention_masks(a, p, mass=config.mass) for a in maps]
     jaccard = None
@@ -253,7 +255,9 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
         content_hash=backbone.content_hash, patch_size=p, num_heads=int(maps[0].shape[0]),
         block=config.block % depth, mass=config.mass, indices=np.asarray(indices),
         images=images, targets=targets, masks=masks, jaccard=jaccard, prep=prep,
-        seconds=seconds, notes=list(backbone.notes))
+        seconds=seconds, notes=list(backbone.notes),
+        network=str(backbone.meta.get("network", "")),
+        resolution=str(resize) if resize else "native")
 
 
 def _extract(backbone: Backbone, images: list[np.ndarray], config: AttentionConfig,
@@ -288,7 +292,8 @@ def attention_frame(run: AttentionRun, source: ImageSource) -> pd.DataFrame:
 def _context(run: AttentionRun, source: ImageSource) -> Context:
     return Context(backbone=run.spec, ckpt_hash=run.content_hash, arch=run.arch,
                    dataset=source.name, split=source.split,
-                   feature=f"attn:block{run.block}:mass{run.mass:g}")
+                   feature=f"attn:block{run.block}:mass{run.mass:g}", network=run.network,
+                   resolution=run.resolution, data=source.spec, data_n=len(run.indices))
 
 
 def image_captions(source: ImageSource, indices: Sequence[int]) -> list[str]:
