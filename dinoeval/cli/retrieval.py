@@ -90,6 +90,7 @@ def retrieval(
     """
     from dinoeval.pipeline import ExtractOptions, save_config, specs
     from dinoeval.pipeline.retrieval import RetrievalConfig, resolve_retrieval_sources, run_retrieval
+    from dinoeval.pipeline.setup import check_pixel_sizes
     from dinoeval.results import concat
 
     with user_errors():
@@ -112,6 +113,7 @@ def retrieval(
             raise DinoevalError("--multiscale needs ViT backbones; pixels have no scales (drop "
                                 "--multiscale or the pixels --ckpt)")
         q_src, g_src, _, _ = resolve_retrieval_sources(query, gallery)
+        check_pixel_sizes(ckpt, bopts, (q_src, g_src))
         runs, frames = [], []
         for spec in specs(ckpt):
             with progress_factory() as pf:
@@ -185,6 +187,7 @@ def copy_detection(
     from dinoeval.errors import DinoevalError
     from dinoeval.pipeline import ExtractOptions, save_config, specs
     from dinoeval.pipeline.retrieval import CopyDetectionConfig, run_copy_detection
+    from dinoeval.pipeline.setup import check_pixel_sizes
     from dinoeval.results import concat
 
     with user_errors():
@@ -214,6 +217,8 @@ def copy_detection(
                 whitening=get_source(whitening_data) if whitening_data else None)
             if whiten and bench.whitening is None:
                 console.print("[yellow]no --whitening-data: features are not whitened[/]")
+        check_pixel_sizes(ckpt, bopts, (bench.queries, bench.database,
+                                        bench.whitening if whiten else None))
         runs, frames = [], []
         for spec in specs(ckpt):
             with progress_factory() as pf:

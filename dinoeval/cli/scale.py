@@ -64,6 +64,9 @@ def extract_sharded(
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
         backbone.check_specs([ckpt])
+        from dinoeval.checks import check_output_dir
+
+        check_output_dir(out)
         device = extract.device
         created, in_group = False, False
         if rank is None:

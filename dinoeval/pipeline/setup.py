@@ -168,6 +168,22 @@ def notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[st
     return out
 
 
+def check_pixel_sizes(ckpts: Sequence[str], backbone_opts: BackboneOptions,
+                      data: Sequence[str | ImageSource | None]) -> None:
+    """Refuse ``--ckpt pixels`` without ``--pixel-size`` on data whose images differ in size,
+    before any backbone runs (also when pixels comes after other backbones). The sources are
+    read only in that case (their sizes come from the image headers)."""
+    if "pixels" not in ckpts or backbone_opts.pixel_size is not None:
+        return
+    for d in data:
+        if d is None:
+            continue
+        src = as_source(d)
+        if src.native_size is None:
+            raise DinoevalError(f"pixels on {src.spec}: images differ in size; pass "
+                                "--pixel-size N")
+
+
 def needs_vectors(opts: ExtractOptions, what: str) -> None:
     """Refuse ``--feature patch`` (``(N, T, D)`` tokens) for an evaluation of one vector per
     image, before any backbone runs."""
