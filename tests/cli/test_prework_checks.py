@@ -159,3 +159,25 @@ def test_neural_collapse_by_default_is_skipped_on_unlabelled_data_with_a_note(tm
                             "--align-pairs", "0"])
     assert r.exit_code == 0, r.output
     assert "has no labels: neural-collapse statistics skipped" in r.output.replace("\n", " ")
+
+
+def test_cluster_count_beyond_the_data_is_refused_first(vit, no_forward):
+    msg = _error(runner.invoke(app, ["clusters", "--ckpt", vit, "--ckpt", "pixels", "--data",
+                                     "digits:test[:6]", "--k", "20"]))
+    assert "k-means needs 2 <= k <= N clusters: --k 20, and digits:test[:6] has 6 images" in msg
+
+
+def test_linear_probe_on_train_lacking_some_listed_classes(tmp_path):
+    """digits:train[:12] holds 5 of the 10 digit classes: the probe has those 5 outputs (was
+    refused after extraction: 'class 3 has no samples'); one class only is refused first."""
+    r = runner.invoke(app, ["linear", "--ckpt", "pixels", "--train", "digits:train[:12]",
+                            "--val", "digits:test[:2]", "--epochs", "1", "--lr", "0.1"])
+    assert r.exit_code == 0, r.output
+    one = tmp_path / "one"
+    for split in ("train", "val"):
+        (one / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(one / split / "cat" / "0.png")
+    msg = _error(runner.invoke(app, ["linear", "--ckpt", "pixels", "--train",
+                                     f"imagefolder:{one / 'train'}", "--val",
+                                     f"imagefolder:{one / 'val'}"]))
+    assert "needs train images of 2 or more classes" in msg and "has cat" in msg
