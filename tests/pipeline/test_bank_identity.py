@@ -44,8 +44,9 @@ def _entries(cache):
 
 
 def _bank(train, val, out, *extra):
+    # --max-memory bounds the whole process: a long pytest run holds more than the default 1GB
     return runner.invoke(app, ["knn-bank", "--train-feats", str(train), "--val-feats", str(val),
-                               "--k", "3", "--out", str(out), *extra])
+                               "--k", "3", "--max-memory", "64GB", "--out", str(out), *extra])
 
 
 def test_bank_rows_name_this_runs_checkpoint_and_carry_identity(two_copies, tmp_path):
