@@ -77,12 +77,12 @@ def test_attention_refuses_a_backbone_without_attention_before_any_is_run(tmp_pa
                                                                           no_forward):
     for ckpts in (["--ckpt", vit, "--ckpt", "pixels"], ["--ckpt", "pixels", "--ckpt", vit]):
         msg = _error(runner.invoke(app, ["attention", *ckpts, "--data",
-                                         "shapes:test@n=2,size=16", "--out",
+                                         "shapes:test@n=2,size=16", "--report-dir",
                                          str(tmp_path / "attn")]))
         assert "pixels has no attention" in msg
     msg = _error(runner.invoke(app, ["attention", "--ckpt", vit, "--ckpt", f"random:{vit}",
                                      "--block", "5", "--data", "shapes:test@n=2,size=16",
-                                     "--out", str(tmp_path / "attn")]))
+                                     "--report-dir", str(tmp_path / "attn")]))
     assert "--block 5 out of range" in msg
 
 
@@ -96,10 +96,10 @@ OUT_CASES = {  # every command with an output table or folder, and its other arg
     "video-seg": (["--data", "moving-shapes@videos=1,frames=3,height=32,width=32"], "--out"),
     "dense": (["--train", "shapes:train@n=4,size=16", "--test", "shapes:test@n=2,size=16"],
               "--out"),
-    "extract": (["--data", "digits:test[:8]"], "--out"),
-    "extract-sharded": (["--data", "digits:test[:8]"], "--out"),
-    "attention": (["--data", "shapes:test@n=2,size=16", "--out", "{tmp}/attn"], "--results"),
-    "attention-folder": (["--data", "shapes:test@n=2,size=16"], "--out"),
+    "extract": (["--data", "digits:test[:8]"], "--cache-dir"),
+    "extract-sharded": (["--data", "digits:test[:8]"], "--cache-dir"),
+    "attention": (["--data", "shapes:test@n=2,size=16", "--report-dir", "{tmp}/attn"], "--out"),
+    "attention-folder": (["--data", "shapes:test@n=2,size=16"], "--report-dir"),
     "knn-bank": (["--train-feats", "{tmp}/none", "--val-feats", "{tmp}/none"], "--out"),
 }
 
@@ -108,8 +108,8 @@ OUT_CASES = {  # every command with an output table or folder, and its other arg
 def test_an_unwritable_out_is_refused_before_the_work(tmp_path, vit, no_forward, case):
     args, flag = OUT_CASES[case]
     command = case.removesuffix("-folder")
-    name = "r.csv" if flag in ("--results",) or case in (
-        "knn", "linear", "clusters", "collapse-stats", "retrieval", "copy-detection",
+    name = "r.csv" if case in (
+        "attention", "knn", "linear", "clusters", "collapse-stats", "retrieval", "copy-detection",
         "video-seg", "dense", "knn-bank") else "dir"
     ckpt = [] if command == "knn-bank" else ["--ckpt", vit]
     argv = [command, *ckpt, *[a.format(tmp=tmp_path) for a in args], flag,
