@@ -160,6 +160,8 @@ CASES: dict[str, dict[str, Case]] = {
                   "gallery": Case(F, ("--gallery", "digits:test[:10]")),
                   "protocol": Case(S, ("--protocol", "hard")),
                   "multiscale": Case(F, ("--multiscale",)),
+                  "resize": Case(F, ("--resize", "square"),
+                                 base=("--query", "imagefolder:{tmp}/nonsquare")),
                   "img_size": Case(F, ("--img-size", "8"))},
     "copy-detection": {**RET, "data": Case(F, ("--data", "digits:test[:10]")),
                        "copydays": Case(F, skip="needs a Copydays folder (a data source: its "
@@ -411,6 +413,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp / f"{i}.png")
+    for c in ("a", "b"):  # labelled 20x24 images (retrieval --resize matters for these)
+        (tmp / "nonsquare" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+                tmp / "nonsquare" / c / f"{i}.png")
     return {"ckpt": str(tmp / "ckpt.pth"), "other": str(tmp / "other.pth"), "tmp": str(tmp),
             "img0": str(tmp / "0.png"), "img1": str(tmp / "1.png")}
 
