@@ -5,12 +5,14 @@
 ``--cache-dir`` and the same ``--out`` table. Inputs are tiny (a width-32 depth-1 ViT on subsets of
 scikit-learn's digits) so the run measures the shared files, not the models.
 
-Every knn/linear invocation uses its own copy of the checkpoint file (same bytes, so the cache is
-shared; a different path, so its rows are recognisable by their ``backbone`` column). At the end:
+Every knn/linear/knn-bank invocation uses its own copy of the checkpoint file (same bytes, so the
+cache is shared; a different path, so its rows are recognisable by their ``backbone`` column;
+knn-bank gets it as ``--ckpt``, which names its rows whoever extracted the shared entries). At the
+end:
 
 * every row each process reported ("appended N rows") is in the table exactly once: per
-  knn/linear invocation the rows with its backbone path number exactly N; the knn-bank rows (their
-  backbone names the extracting checkpoint) number exactly the sum of what knn-bank reported;
+  knn/linear/knn-bank invocation the rows with its backbone path number exactly N, and no row
+  names another path;
 * the config sidecar holds exactly one entry per command that appended rows;
 * every cache entry is readable (meta.json complete, the three arrays load with equal lengths)
   and no temporary folder of a finished writer is left.
@@ -65,7 +67,7 @@ def command(kind: str, rng: random.Random, ckpt: Path, cache: Path, table: Path)
     if kind == "extract":
         return ["extract", *base, "--data", rng.choice((train, val)), "--cache-dir", str(cache)]
     return ["knn-bank", "--train-feats", "{train}", "--val-feats", "{val}", "--k", "5",
-            "--out", str(table)]
+            "--ckpt", str(ckpt), "--out", str(table)]
 
 
 def pick_banks(cache: Path, rng: random.Random) -> tuple[Path, Path] | None:
@@ -144,15 +146,16 @@ def check_table(work: Path, runs: list[dict]) -> tuple[int, list[str]]:
     table = read_results(work / "table.csv")
     problems = []
     by_backbone = table.groupby("backbone").size().to_dict()
-    own = {r["ckpt"]: r for r in runs if r["kind"] in ("knn", "linear") and r["rc"] == 0}
+    own = {r["ckpt"]: r for r in runs if r["kind"] in ("knn", "linear", "knn-bank")
+           and r["rc"] == 0}
     for ckpt, r in own.items():
         if by_backbone.get(ckpt, 0) != r["appended"]:
             problems.append(f"{r['kind']} {ckpt}: reported {r['appended']} rows, table has "
                             f"{by_backbone.get(ckpt, 0)}")
-    bank_rows = int(sum(v for k, v in by_backbone.items() if k not in own))
-    bank_reported = sum(r["appended"] for r in runs if r["kind"] == "knn-bank" and r["rc"] == 0)
-    if bank_rows != bank_reported:
-        problems.append(f"knn-bank: reported {bank_reported} rows, table has {bank_rows}")
+    stray = {k: v for k, v in by_backbone.items() if k not in own}
+    if stray:
+        problems.append(f"{sum(stray.values())} rows name no checkpoint of a run that appended "
+                        f"them: {', '.join(sorted(stray))[:200]}")
     sidecar = json.loads((work / "table.csv.config.json").read_text())["runs"]
     appenders = sum(1 for r in runs if r["rc"] == 0 and r["appended"])
     if len(sidecar) != appenders:

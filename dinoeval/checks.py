@@ -5,6 +5,7 @@ Each failure is a :class:`DinoevalError` whose message names the option and what
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterable
@@ -92,10 +93,25 @@ def _check_ancestors(folder: Path, path: Path, option: str) -> None:
         if p.exists():
             if not p.is_dir():
                 raise DinoevalError(f"{option} {path}: {p} is a file, not a folder")
-            if not os.access(p, os.W_OK | os.X_OK):
+            if not os.access(p, os.W_OK | os.X_OK) or not _can_create_in(p):
                 raise DinoevalError(f"{option} {path}: {p} is not writable; choose another "
                                     "place")
             return
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in ``folder`` (``os.access`` says yes to root on a
+    read-only mount or ``/proc``): a hidden probe file is created and removed."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dinoeval-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True
 
 
 def check_output_dir(path: Path, option: str = "--out") -> Path:

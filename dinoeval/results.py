@@ -42,6 +42,15 @@ _DTYPES = {"value": "float64", "n": "Int64", "seconds": "float64", "train_n": "I
            "data_n": "Int64"}
 
 
+def resolution_text(img_size: Sequence[int] | None) -> str:
+    """The ``resolution`` column of an input size ``(H, W)``: ``224``, ``224x320``, or
+    ``native`` (``None``: images at their own size)."""
+    if img_size is None:
+        return "native"
+    h, w = (int(v) for v in img_size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
 @dataclass(frozen=True)
 class Row:
     """One number. ``param`` is the metric's parameter as text (``"k=20"``, ``"lr=0.01"``, ``""``)."""

@@ -200,12 +200,19 @@ def check_out(out: Path | None) -> None:
 
 
 def write_results(df: pd.DataFrame, out: Path | None) -> None:
-    """Append to ``--out`` when given and say where the rows went."""
+    """Append to ``--out`` when given and say where the rows went.
+
+    When the write fails after all (the folder became read-only, the disk filled), the rows are
+    printed first, so no result of the work is lost, and the error is raised."""
     if out is None:
         return
     from dinoeval.results import append_results
 
-    path = append_results(out, df)
+    try:
+        path = append_results(out, df)
+    except (DinoevalError, OSError):
+        print_results(df, title=f"NOT written to {out}")
+        raise
     say(path, lead=f"appended {len(df)} rows to ", lead_style="green")
 
 
@@ -320,22 +327,26 @@ def __getattr__(name: str) -> Any:
 
 
 def run_each(ckpts: list[str], out: Path | None, title: str,
-             run: Callable[[str, Any], Any], **configs: object) -> list[Any]:
+             run: Callable[[str, Any], Any], *, data: tuple[Any, ...] = (),
+             **configs: object) -> list[Any]:
     """Run ``run(spec, progress)`` for each backbone spec, print its notes, append its rows to
     ``--out`` as soon as they exist, then print the table and save the configs beside ``--out``.
     Returns the runs (for pages drawn from them).
 
-    ``--out`` and the backbone specs are checked first (``configs["backbone"]``), before any work.
+    ``--out``, the backbone specs (``configs["backbone"]``) and, for ``pixels``, the image sizes
+    of the ``data`` specs are checked first, before any backbone runs.
     """
     from dinoeval.pipeline import save_config
+    from dinoeval.pipeline.setup import check_pixel_sizes
     from dinoeval.results import concat
 
     with user_errors():
         ckpts, labels = labelled_specs(ckpts)
         backbone = configs.get("backbone")
+        check_out(out)
         if backbone is not None:
             backbone.check_specs(ckpts)
-        check_out(out)
+            check_pixel_sizes(ckpts, backbone, data)
         frames, results = [], []
         for spec in ckpts:
             with progress_factory() as pf:

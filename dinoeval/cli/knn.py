@@ -59,7 +59,7 @@ def knn(ckpt: CkptOpt, train: TrainOpt, val: ValOpt, out: OutOpt = None, *,
     run_each(ckpt, out, "k-NN accuracy",
              lambda spec, pf: run_knn(spec, train, val, backbone_opts=backbone,
                                       extract_opts=extract, config=config, progress=pf),
-             backbone=backbone, extract=extract, knn=config)
+             data=(train, val), backbone=backbone, extract=extract, knn=config)
 
 
 @with_options(extract=Group(ExtractOptions, skip=("cache_dir",)), backbone=BackboneOptions)

@@ -70,7 +70,7 @@ def retrieval(
                     lambda spec, pf: run_retrieval(spec, q_src, g_src, backbone_opts=bopts,
                                                    extract_opts=extract, config=config,
                                                    progress=pf),
-                    backbone=bopts, extract=extract, retrieval=config)
+                    data=(q_src, g_src), backbone=bopts, extract=extract, retrieval=config)
     _write_html(html, runs, "Image retrieval", labelled_specs(ckpt)[1])
 
 
@@ -137,6 +137,8 @@ def copy_detection(
                     lambda spec, pf: run_copy_detection(spec, bench, backbone_opts=backbone,
                                                         extract_opts=extract, config=config,
                                                         progress=pf),
+                    data=(bench.queries, bench.database,
+                          bench.whitening if config.whiten else None),
                     backbone=backbone, extract=extract, copy_detection=config)
     _write_html(html, runs, "Copy detection", labelled_specs(ckpt)[1])
 

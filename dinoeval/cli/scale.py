@@ -64,6 +64,9 @@ def extract_sharded(
         if (rank is None) != (world_size is None):
             raise DinoevalError("give both --rank and --world-size, or neither (under torchrun)")
         backbone.check_specs([ckpt])
+        from dinoeval.checks import check_output_dir
+
+        check_output_dir(out)
         device = extract.device
         created, in_group = False, False
         if rank is None:
@@ -109,6 +112,10 @@ def knn_bank(
     out: OutOpt = None,
     label: Annotated[str, typer.Option(
         help="Name of the backbone in tables, plots and reports (default: its spec).")] = "",
+    ckpt: Annotated[str | None, typer.Option(
+        "--ckpt", "-c", help="The checkpoint file the features came from, as the rows should "
+        "name it (checked against the features' checkpoint hash). Default: the spec that "
+        "extracted them (in a shared cache, whoever did first).")] = None,
     *, config: KnnConfig, bank: KnnBankConfig,
 ) -> None:
     """Weighted k-NN over a train bank read in memory-bounded blocks (exact).
@@ -125,7 +132,7 @@ def knn_bank(
         rank, _, device, created = init_distributed(bank.device)
         try:
             frame, facts = run_knn_bank(train_feats, val_feats, config=config,
-                                        bank=replace(bank, device=device))
+                                        bank=replace(bank, device=device), ckpt=ckpt)
         finally:
             if created:
                 import torch.distributed as dist
@@ -142,7 +149,7 @@ def knn_bank(
             from dinoeval.pipeline import save_config
 
             save_config(out, knn=config, bank=bank, train_feats=str(train_feats),
-                        val_feats=str(val_feats), device=device)
+                        val_feats=str(val_feats), ckpt=ckpt, device=device)
         print_results(frame, title=f"k-NN accuracy (bank {bank.bank_dtype})")
 
 

@@ -36,7 +36,7 @@ def linear(
     run_each(ckpt, out, f"linear probe ({config.mode})",
              lambda spec, pf: run_linear(spec, train, val, backbone_opts=backbone,
                                          extract_opts=extract, config=config, progress=pf),
-             backbone=backbone, extract=extract, linear=config)
+             data=(train, val), backbone=backbone, extract=extract, linear=config)
 
 
 @with_options(config=ClusterConfig, extract=ExtractOptions, backbone=BackboneOptions)
@@ -56,7 +56,7 @@ def clusters(
     run_each(ckpt, out, "clustering",
              lambda spec, pf: run_clusters(spec, data, backbone_opts=backbone,
                                            extract_opts=extract, config=config, progress=pf),
-             backbone=backbone, extract=extract, clusters=config)
+             data=(data,), backbone=backbone, extract=extract, clusters=config)
 
 
 @with_options(config=CollapseConfig, extract=Group(ExtractOptions, skip=("feature",)),
@@ -86,7 +86,7 @@ def collapse_stats(
              lambda spec, pf: run_collapse_stats_kinds(spec, data, backbone_opts=backbone,
                                                        extract_opts=kinds, config=config,
                                                        progress=pf),
-             backbone=backbone, extract=kinds, collapse=config)
+             data=(data,), backbone=backbone, extract=kinds, collapse=config)
 
 
 def register(app: typer.Typer) -> None:

@@ -62,7 +62,7 @@ def check_labels(labels: np.ndarray, n: int, num_classes: int | None = None, *,
         c = int(num_classes)
     if c < 2:
         raise DinoevalError(f"{name} hold a single class; these statistics need at least 2")
-    if n < c:
+    if need_all_classes and n < c:
         raise DinoevalError(f"{n} samples but {c} classes; need at least one sample per class")
     if need_all_classes:
         counts = np.bincount(y, minlength=c)

@@ -112,6 +112,8 @@ class AttentionRun:
     prep: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    network: str = ""
+    resolution: str = ""
 
 
 def mask_provider(source: ImageSource) -> MaskProvider | None:
@@ -225,24 +227,16 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
         score: compute Jaccard when ground truth exists.
         progress: called with the number of images done after each batch.
     """
-    if backbone.kind != "vit" or backbone.model is None:
-        raise DinoevalError(f"{backbone.spec} has no attention; pass a ViT checkpoint, "
-                            "random:ARCH or timm:NAME")
-    if backbone.adapter.no_attention:
-        raise DinoevalError(f"{backbone.spec} has no attention maps "
-                            f"({backbone.adapter.no_attention})")
+    check_attention(backbone, config)
     model = backbone.to(config.device).model
     assert model is not None
     model.eval()
     depth = backbone.depth
-    if not -depth <= config.block < depth:
-        raise DinoevalError(f"--block {config.block} out of range for {backbone.name} "
-                            f"({depth} blocks: 0..{depth - 1}, or -1 for the last)")
     provider = mask_provider(source) if score else None
     p = backbone.patch_size
-    images, targets, prep = prepare(source, indices, patch_size=p,
-                                    resize=resolve_resize(backbone, config), fit=config.fit,
-                                    provider=provider)
+    resize = resolve_resize(backbone, config)
+    images, targets, prep = prepare(source, indices, patch_size=p, resize=resize,
+                                    fit=config.fit, provider=provider)
     maps, seconds = _extract(backbone, images, config, progress)
     masks = [attention_masks(a, p, mass=config.mass) for a in maps]
     jaccard = None
@@ -253,7 +247,37 @@ def run_attention(backbone: Backbone, source: ImageSource, indices: Sequence[int
         content_hash=backbone.content_hash, patch_size=p, num_heads=int(maps[0].shape[0]),
         block=config.block % depth, mass=config.mass, indices=np.asarray(indices),
         images=images, targets=targets, masks=masks, jaccard=jaccard, prep=prep,
-        seconds=seconds, notes=list(backbone.notes))
+        seconds=seconds, notes=list(backbone.notes),
+        network=str(backbone.meta.get("network", "")),
+        resolution=str(resize) if resize else "native")
+
+
+def check_attention(backbone: Backbone, config: AttentionConfig) -> None:
+    """Refuse a backbone without CLS attention maps (pixels, ResNet, ...) or a ``--block`` it
+    does not have (one-line :class:`DinoevalError`)."""
+    if backbone.kind != "vit" or backbone.model is None:
+        raise DinoevalError(f"{backbone.spec} has no attention; pass a ViT checkpoint, "
+                            "random:ARCH or timm:NAME")
+    if backbone.adapter.no_attention:
+        raise DinoevalError(f"{backbone.spec} has no attention maps "
+                            f"({backbone.adapter.no_attention})")
+    depth = backbone.depth
+    if not -depth <= config.block < depth:
+        raise DinoevalError(f"--block {config.block} out of range for {backbone.name} "
+                            f"({depth} blocks: 0..{depth - 1}, or -1 for the last)")
+
+
+def check_attention_backbones(backbones: Sequence[Callable[[], Backbone]],
+                              config: AttentionConfig) -> None:
+    """:func:`check_attention` for every backbone before any of them runs: with several, each
+    is loaded (not run) and dropped again, so one without attention maps among them is named
+    before minutes of work on the others."""
+    if len(backbones) < 2:
+        return  # run_attention checks it before its first forward pass
+    for load in backbones:
+        bb = load()
+        check_attention(bb, config)
+        del bb
 
 
 def _extract(backbone: Backbone, images: list[np.ndarray], config: AttentionConfig,
@@ -288,7 +312,8 @@ def attention_frame(run: AttentionRun, source: ImageSource) -> pd.DataFrame:
 def _context(run: AttentionRun, source: ImageSource) -> Context:
     return Context(backbone=run.spec, ckpt_hash=run.content_hash, arch=run.arch,
                    dataset=source.name, split=source.split,
-                   feature=f"attn:block{run.block}:mass{run.mass:g}")
+                   feature=f"attn:block{run.block}:mass{run.mass:g}", network=run.network,
+                   resolution=run.resolution, data=source.spec, data_n=len(run.indices))
 
 
 def image_captions(source: ImageSource, indices: Sequence[int]) -> list[str]:
@@ -320,6 +345,7 @@ def run_attentions(backbones: Sequence[Callable[[], Backbone]], source: ImageSou
     """
     if not len(indices):
         raise DinoevalError(f"{source.spec} has no images to show")
+    check_attention_backbones(backbones, config)
     runs = []
     for load in backbones:
         bb = load()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from dinoeval.checks import option
 from dinoeval.data import ImageSource, require_labels
 from dinoeval.errors import DinoevalError
@@ -81,6 +83,18 @@ def evaluate_clusters(fs: FeatureSet, config: ClusterConfig = ClusterConfig(), *
                           on_step=on_step)
 
 
+def check_cluster_inputs(src: ImageSource, config: ClusterConfig) -> ImageSource:
+    """Labels present, and a cluster count the data allows (2 <= k <= N; with ``k`` unset, 2 or
+    more classes present), known before any image is read."""
+    src = require_labels(src, "clustering scores")
+    k = config.k if config.k is not None else len(np.unique(src.labels))
+    if not 2 <= k <= len(src):
+        what = f"--k {config.k}" if config.k is not None else f"{k} class(es) present"
+        raise DinoevalError(f"k-means needs 2 <= k <= N clusters: {what}, and {src.spec} has "
+                            f"{len(src):,} images; pass --k between 2 and {len(src)}")
+    return src
+
+
 def run_clusters(ckpt: str, data: str | ImageSource, *,
                  backbone_opts: BackboneOptions = BackboneOptions(),
                  extract_opts: ExtractOptions = ExtractOptions(),
@@ -89,7 +103,7 @@ def run_clusters(ckpt: str, data: str | ImageSource, *,
     """k-means of one backbone's features on ``data``, scored against its labels."""
     t0 = time.perf_counter()
     needs_vectors(extract_opts, "k-means")
-    src = require_labels(as_source(data), "clustering scores")  # before any work
+    src = check_cluster_inputs(as_source(data), config)  # before any work
     backbone = backbone_opts.load(ckpt)
     fs = get_features(backbone, src, extract_opts, progress)
     result = evaluate_clusters(fs, config, progress=progress)

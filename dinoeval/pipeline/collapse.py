@@ -68,7 +68,10 @@ class CollapseConfig:
 
     Attributes:
         head: also look at the DINO head (bottleneck and prototypes) when the checkpoint has one.
-        neural_collapse: NC1–NC4 (needs labels; NC3/NC4 use a linear probe trained on the data).
+        neural_collapse: NC1–NC4 (NC3/NC4 use a linear probe trained on the data). ``None``:
+            when the data is labelled with 2 or more classes (else skipped, with a note);
+            ``True``: required (unlabelled or single-class data refused before any work);
+            ``False``: off.
         probe: the probe behind NC3/NC4 (its accuracy is not reported here: use ``linear``).
         align_pairs: images seen under two random augmentations for the alignment (0: skip).
         uniformity_samples: rows behind the uniformity (seeded sample).
@@ -80,8 +83,9 @@ class CollapseConfig:
 
     head: bool = option(True, help="Also measure the DINO head's bottleneck and prototypes "
                         "when the checkpoint has them.")
-    neural_collapse: bool = option(
-        True, help="NC1-NC4 (labelled data; NC3/NC4 train a linear probe on the data).")
+    neural_collapse: bool | None = option(
+        None, help="NC1-NC4 (NC3/NC4 train a linear probe on the data). Default: when the data "
+        "has labels of 2+ classes; --neural-collapse requires them.")
     probe: LinearProbeConfig = field(default_factory=lambda: LinearProbeConfig(epochs=5))
     align_pairs: int = option(
         1000, help="Images seen under two random augmentations for the alignment (0 skips it).")
@@ -221,7 +225,7 @@ def _feature_stats(x: np.ndarray, labels: np.ndarray | None, views: tuple | None
     over the features. ``progress``: a task over the phases (moments, collapse statistics,
     NC1-NC4) and one over the NC3/NC4 probe's epochs or fits."""
     n_cls = int(labels.max()) + 1 if labels is not None else None
-    nc = labels is not None and cfg.neural_collapse
+    nc = labels is not None and cfg.neural_collapse is not False
     phase = (progress(f"{what}: collapse statistics (phases)", 3 if nc else 2)
              if progress is not None else (lambda _: None))
     m = accumulate(x, labels if nc else None, num_classes=n_cls if nc else None)
@@ -238,6 +242,31 @@ def _feature_stats(x: np.ndarray, labels: np.ndarray | None, views: tuple | None
     return rows + ncs.to_rows()
 
 
+def check_collapse_labels(src: ImageSource, config: CollapseConfig) -> str | None:
+    """What the source's labels allow for neural collapse, known before any image is read.
+
+    Returns:
+        a note when NC1–NC4 will be skipped (unlabelled, partly unlabelled or single-class
+        data, and ``config.neural_collapse`` left at ``None``), else ``None``.
+
+    Raises:
+        DinoevalError: ``config.neural_collapse`` is ``True`` and the data cannot give it.
+    """
+    if config.neural_collapse is False:
+        return None
+    y = np.asarray(src.labels)
+    known = y[y >= 0]
+    if len(known) == len(y) and len(np.unique(known)) >= 2:
+        return None
+    why = ("has no labels" if not len(known) else "is partly unlabelled" if len(known) < len(y)
+           else "holds a single class")
+    if config.neural_collapse:
+        raise DinoevalError(f"needs labels: neural collapse (--neural-collapse) on {src.spec}, "
+                            f"which {why}; use data labelled with 2 or more classes, or "
+                            "--no-neural-collapse")
+    return f"{src.spec} {why}: neural-collapse statistics skipped"
+
+
 def _with_feature(ctx: Context, feature: str) -> Context:
     return replace(ctx, feature=feature)
 
@@ -250,12 +279,21 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
     """SSL-collapse and neural-collapse statistics of one backbone on ``data`` (module docstring)."""
     t0 = time.perf_counter()
     src = as_source(data)
+    skip_note = check_collapse_labels(src, config)  # before any work
     backbone = backbone_opts.load(ckpt)
     fs = get_features(backbone, src, extract_opts, progress)
     labels = fs.labels if (fs.labels >= 0).all() and len(np.unique(fs.labels)) >= 2 else None
     notes = notes_of(backbone, (fs, src))
-    if labels is None:
-        notes.append("the data has no (or a single) label: neural-collapse statistics skipped")
+    if config.neural_collapse is False:
+        pass
+    elif skip_note is not None:
+        notes.append(skip_note)
+    elif labels is None:  # skipped unreadable images left a single class
+        if config.neural_collapse:
+            raise DinoevalError(f"needs labels: neural collapse on {src.spec}: the readable "
+                                "images hold a single class")
+        notes.append("the readable images hold a single class: neural-collapse statistics "
+                     "skipped")
     elif len(np.unique(labels)) != int(labels.max()) + 1:
         labels = np.unique(labels, return_inverse=True)[1]
         notes.append("labels absent from the data were dropped (classes renumbered)")

@@ -20,7 +20,7 @@ from dinoeval.errors import DinoevalError
 from dinoeval.eval.dense import DenseResult, dense_knn, linear_segmentation
 from dinoeval.features.patches import check_grid_size, grid_patch_size, patch_grid, resize_rgb
 from dinoeval.models import Backbone
-from dinoeval.pipeline.setup import BackboneOptions, ProgressFactory
+from dinoeval.pipeline.setup import BackboneOptions, ProgressFactory, network_columns
 from dinoeval.results import Context, to_frame
 
 METHODS = ("linear", "knn")
@@ -177,7 +177,9 @@ def run_dense(ckpt: str | Backbone, train: str | MaskedImages, test: str | Maske
                              [te.mask(i) for i in range(te.size)], tr.num_classes, config)
     ctx = Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
                   dataset=te.name, split=te.split,
-                  feature="pixels" if backbone.kind == "pixels" else "patch")
+                  feature="pixels" if backbone.kind == "pixels" else "patch",
+                  **network_columns(backbone, size), train_data=tr.spec, train_n=tr.size,
+                  data=te.spec, data_n=te.size)
     rows = [r for res in results for r in res.to_rows(te.class_names)]
     return DenseRun(frame=to_frame(rows, ctx, seconds=time.perf_counter() - t0),
                     results=results, notes=list(backbone.notes))

@@ -39,7 +39,7 @@ from dinoeval.eval.knn_ooc import (
 from dinoeval.features.entries import find_entry, load_npy
 from dinoeval.features.sharded import shard_bounds
 from dinoeval.pipeline.knn import KnnConfig
-from dinoeval.results import Context, to_frame
+from dinoeval.results import Context, resolution_text, to_frame
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20,
           "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40,
@@ -201,10 +201,72 @@ def knn_classify_distributed(
     return classify_neighbors(best_s, train_y[best_i], test_y, ks, c, temperature, len(train_y))
 
 
+def _read_meta(entry: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise DinoevalError(f"{entry / 'meta.json'} cannot be read ({err}); extract the features "
+                            "again") from None
+    if not isinstance(meta, dict):
+        raise DinoevalError(f"{entry / 'meta.json'} is not a feature-cache meta file")
+    return meta
+
+
+def _spec_hash(ckpt: str) -> str:
+    """The ``ckpt_hash`` a backbone spec gets (a checkpoint file's is a hash of its bytes)."""
+    from dinoeval.models.checkpoints import file_hash
+
+    path = Path(ckpt)
+    if path.is_file():
+        return file_hash(path)
+    raise DinoevalError(f"--ckpt {ckpt}: no such checkpoint file (knn-bank names rows after a "
+                        "checkpoint file whose bytes match the features' checkpoint)")
+
+
+def bank_context(train_meta: dict[str, Any], val_meta: dict[str, Any], *, n_train: int,
+                 n_val: int, ckpt: str | None = None) -> Context:
+    """The rows' context: what this run was given, checked against the two entries.
+
+    The bank and the queries must come from one network and one feature kind (their
+    ``meta["key"]`` says so). The backbone is ``ckpt`` when given: a file whose bytes hash to
+    the entries' checkpoint hash (two copies of one file name each its own path), or the very
+    spec that wrote the entries; otherwise the spec recorded in the entry (in a shared cache,
+    whoever extracted those features first). Raises :class:`DinoevalError` on a mismatch.
+    """
+    tk, vk = train_meta.get("key") or {}, val_meta.get("key") or {}
+    for what in ("network", "kind"):
+        if tk.get(what) != vk.get(what):
+            raise DinoevalError(
+                f"the bank ({train_meta.get('backbone')}, {train_meta.get('kind')}) and the "
+                f"queries ({val_meta.get('backbone')}, {val_meta.get('kind')}) come from "
+                f"different {'networks' if what == 'network' else 'feature kinds'}; extract both "
+                "with the same --ckpt, --checkpoint-key, --img-size and --feature")
+    backbone = str(val_meta.get("backbone", ""))
+    if ckpt is not None:
+        have = str(val_meta.get("ckpt_hash", ""))
+        if (Path(ckpt).is_file() or ckpt != backbone) and _spec_hash(ckpt) != have:
+            raise DinoevalError(f"--ckpt {ckpt} is not the checkpoint these features were "
+                                f"extracted from ({backbone}, hash {have}); pass that file or "
+                                "a byte-identical copy")
+        backbone = ckpt
+    img_size = val_meta.get("img_size")
+    return Context(backbone=backbone, ckpt_hash=str(val_meta.get("ckpt_hash", "")),
+                   arch=str(val_meta.get("arch", "")), dataset=str(val_meta.get("dataset", "")),
+                   split=str(val_meta.get("split", "")), feature=str(val_meta.get("kind", "")),
+                   network=str(val_meta.get("network", "")),
+                   resolution=resolution_text(img_size) if "img_size" in val_meta else "",
+                   train_data=str(train_meta.get("source", "")), train_n=n_train,
+                   data=str(val_meta.get("source", "")), data_n=n_val)
+
+
 def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *,
-                 config: KnnConfig = KnnConfig(), bank: KnnBankConfig = KnnBankConfig()
-                 ) -> tuple[pd.DataFrame, dict[str, Any]]:
+                 config: KnnConfig = KnnConfig(), bank: KnnBankConfig = KnnBankConfig(),
+                 ckpt: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Out-of-core (or, under torchrun, distributed) k-NN of two feature-cache entries.
+
+    Args:
+        ckpt: the checkpoint the rows name (see :func:`bank_context`); default: the spec
+            recorded in the entries.
 
     Returns:
         the results frame and facts about the run (seconds, blocks, world size).
@@ -213,12 +275,16 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *,
 
     t0 = time.perf_counter()
     train_e, val_e = find_entry(train_dir), find_entry(val_dir)  # missing inputs first
-    budget = working_budget(bank.max_memory)  # --max-memory bounds the whole process
-    meta = json.loads((val_e / "meta.json").read_text())
-    bank_path = bank_file(train_e, bank.bank_dtype)
+    train_meta, meta = _read_meta(train_e), _read_meta(val_e)
     train_y = load_npy(train_e / "labels.npy")
-    val_x = load_npy(val_e / "features.npy", mmap=True)
     val_y = load_npy(val_e / "labels.npy")
+    ctx = bank_context(train_meta, meta, n_train=len(train_y), n_val=len(val_y), ckpt=ckpt)
+    if max(config.ks) > len(train_y):
+        raise DinoevalError(f"--k {max(config.ks)} is larger than the bank: {train_e} holds "
+                            f"{len(train_y):,} features; use --k values <= {len(train_y)}")
+    budget = working_budget(bank.max_memory)  # --max-memory bounds the whole process
+    bank_path = bank_file(train_e, bank.bank_dtype)
+    val_x = load_npy(val_e / "features.npy", mmap=True)
     reader = BankReader(bank_path)
     kw = dict(ks=config.ks, temperature=config.temperature, max_memory=budget,
               backend=bank.backend, device=bank.device)
@@ -230,9 +296,6 @@ def run_knn_bank(train_dir: str | Path, val_dir: str | Path, *,
         world = 1
     plan = plan_blocks(-(-len(reader) // world), len(val_y), reader.dim, max(result.ks),
                        budget, itemsize=reader.dtype.itemsize, backend=bank.backend)
-    ctx = Context(backbone=str(meta.get("backbone", "")), ckpt_hash=str(meta.get("ckpt_hash", "")),
-                  arch=str(meta.get("arch", "")), dataset=str(meta.get("dataset", "")),
-                  split=str(meta.get("split", "")), feature=str(meta.get("kind", "")))
     seconds = time.perf_counter() - t0
     frame = to_frame(result.to_rows(per_class=config.per_class), ctx, seconds=seconds)
     return frame, {"seconds": seconds, "blocks": plan.n_blocks, "block_rows": plan.bank_rows,

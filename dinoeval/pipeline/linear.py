@@ -9,8 +9,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
 
 from dinoeval.data import ImageSource, check_train_val
+from dinoeval.errors import DinoevalError
 from dinoeval.eval.linear import LinearProbeConfig, LinearProbeResult, linear_probe
 from dinoeval.features import FeatureSet
 from dinoeval.pipeline.setup import (
@@ -59,6 +63,19 @@ def evaluate_linear(train: FeatureSet, test: FeatureSet,
                         num_classes=num_classes, device=device, on_epoch=on_epoch)
 
 
+def train_classes(train: ImageSource) -> np.ndarray:
+    """The class ids that have train images, sorted: the probe's outputs (a class of the
+    source's list without train images is no output; val classes are a subset, see
+    :func:`~dinoeval.data.check_train_val`). Refuses fewer than two, before any work."""
+    present = np.unique(train.labels[train.labels >= 0])
+    if len(present) < 2:
+        names = ", ".join(train.classes[int(c)] if int(c) < len(train.classes) else str(int(c))
+                          for c in present) or "none"
+        raise DinoevalError(f"a linear probe needs train images of 2 or more classes; --train "
+                            f"{train.spec} has {names}")
+    return present
+
+
 def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
                backbone_opts: BackboneOptions = BackboneOptions(),
                extract_opts: ExtractOptions = ExtractOptions(),
@@ -69,11 +86,13 @@ def run_linear(ckpt: str, train: str | ImageSource, val: str | ImageSource, *,
     needs_vectors(extract_opts, "a linear probe")
     train_src = as_source(train)
     val_src = check_train_val(train_src, as_source(val), "a linear probe")  # before any work
+    present = train_classes(train_src)
     backbone = backbone_opts.load(ckpt)
     ftr = get_features(backbone, train_src, extract_opts, progress)
     fte = get_features(backbone, val_src, extract_opts, progress)
+    ftr, fte = (replace(fs, labels=np.searchsorted(present, fs.labels)) for fs in (ftr, fte))
     result = evaluate_linear(ftr, fte, config, device=extract_opts.device, progress=progress,
-                             num_classes=len(val_src.classes) or None)
+                             num_classes=len(present))
     frame = to_frame(result.to_rows(), context_for(backbone, val_src, extract_opts.feature,
                                                    train=train_src),
                      seconds=time.perf_counter() - t0)

@@ -23,7 +23,7 @@ from dinoeval.data import ImageSource, get_source
 from dinoeval.errors import DinoevalError
 from dinoeval.features import FEATURE_KINDS, FeatureCache, FeatureSet, extract_features
 from dinoeval.models import Backbone, load_backbone
-from dinoeval.results import Context
+from dinoeval.results import Context, resolution_text
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 """``factory(description, total) -> update(done)``: how a runner reports progress."""
@@ -133,10 +133,7 @@ def get_features(backbone: Backbone, source: ImageSource, opts: ExtractOptions,
 def resolution(backbone: Backbone) -> str:
     """The input side as a table shows it: ``224``, ``224x320``, or ``native`` (pixels at the
     images' own size)."""
-    if backbone.img_size is None:
-        return "native"
-    h, w = backbone.img_size
-    return str(h) if h == w else f"{h}x{w}"
+    return resolution_text(backbone.img_size)
 
 
 def context_for(backbone: Backbone, source: ImageSource, feature: str, *,
@@ -148,10 +145,18 @@ def context_for(backbone: Backbone, source: ImageSource, feature: str, *,
     return Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
                    dataset=source.name, split=source.split,
                    feature="pixels" if backbone.kind == "pixels" else feature,
-                   network=str(backbone.meta.get("network", "")), resolution=resolution(backbone),
+                   **network_columns(backbone),
                    train_data=train.spec if train is not None else "",
                    train_n=len(train) if train is not None else None,
                    data=source.spec, data_n=len(source))
+
+
+def network_columns(backbone: Backbone, input_size: Sequence[int] | None = None
+                    ) -> dict[str, str]:
+    """The ``network`` and ``resolution`` columns of rows of ``backbone`` (``input_size``: the
+    input the evaluation actually fed it, when not the backbone's own ``img_size``)."""
+    size = input_size if input_size is not None else backbone.img_size
+    return {"network": str(backbone.meta.get("network", "")), "resolution": resolution_text(size)}
 
 
 def notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[str]:
@@ -161,6 +166,22 @@ def notes(backbone: Backbone, *pairs: tuple[FeatureSet, ImageSource]) -> list[st
         if fs.meta.get("skipped"):
             out.append(f"skipped {fs.meta['skipped']} unreadable images of {src.spec}")
     return out
+
+
+def check_pixel_sizes(ckpts: Sequence[str], backbone_opts: BackboneOptions,
+                      data: Sequence[str | ImageSource | None]) -> None:
+    """Refuse ``--ckpt pixels`` without ``--pixel-size`` on data whose images differ in size,
+    before any backbone runs (also when pixels comes after other backbones). The sources are
+    read only in that case (their sizes come from the image headers)."""
+    if "pixels" not in ckpts or backbone_opts.pixel_size is not None:
+        return
+    for d in data:
+        if d is None:
+            continue
+        src = as_source(d)
+        if src.native_size is None:
+            raise DinoevalError(f"pixels on {src.spec}: images differ in size; pass "
+                                "--pixel-size N")
 
 
 def needs_vectors(opts: ExtractOptions, what: str) -> None:

@@ -25,7 +25,7 @@ from dinoeval.eval.davis import BOUND_TH, DavisResult, VideoScores, evaluate_vid
 from dinoeval.eval.video_seg import PropagationConfig, frame_size, propagate_video
 from dinoeval.features.patches import check_grid_size, grid_patch_size, patch_grid, resize_rgb
 from dinoeval.models import Backbone
-from dinoeval.pipeline.setup import BackboneOptions, ProgressFactory
+from dinoeval.pipeline.setup import BackboneOptions, ProgressFactory, network_columns
 from dinoeval.results import Context, to_frame
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,23 @@ def run_video_seg(ckpt: str | Backbone, data: str | VideoDataset, *,
     result = summarize(scores) if scores and sum(s.num_objects for s in scores) else None
     ctx = Context(backbone=backbone.spec, ckpt_hash=backbone.content_hash, arch=backbone.name,
                   dataset=dataset.name, split=_split(dataset.spec),
-                  feature="pixels" if backbone.kind == "pixels" else "patch")
+                  feature="pixels" if backbone.kind == "pixels" else "patch",
+                  **_video_columns(backbone, sizes), data=dataset.spec,
+                  data_n=len(dataset.videos))
     rows = result.to_rows() if result is not None else []
     frame = to_frame(rows, ctx, seconds=time.perf_counter() - t0)
     return VideoSegRun(frame=frame, result=result, strips=strips,
                        palettes={v.name: v.palette for v in dataset.videos}, notes=notes)
+
+
+def _video_columns(backbone: Backbone, sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]]
+                   ) -> dict[str, str]:
+    """network/resolution columns: the frames' input size (when every video has one size)."""
+    inputs = {size for _, size in sizes.values()}
+    cols = network_columns(backbone, next(iter(inputs)) if len(inputs) == 1 else None)
+    if len(inputs) > 1:
+        cols["resolution"] = "per-video"
+    return cols
 
 
 def _split(spec: str) -> str:

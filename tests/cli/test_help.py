@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -27,10 +26,15 @@ def test_help_fits_80_columns_and_names_every_option_whole(name):
     long_lines = [ln for ln in text.splitlines() if len(ln) > 80]
     assert not long_lines, long_lines
     assert "…" not in text
+    words = {w.strip(",") for w in text.split()}
+    checked = 0
+    # typer 0.29 vendors click: its options are not click.Option instances, so test the kind
     for param in GROUP.commands[name].params:  # type: ignore[attr-defined]
-        if isinstance(param, click.Option) and not param.hidden:
+        if getattr(param, "param_type_name", "") == "option" and not param.hidden:
             for opt in (*param.opts, *param.secondary_opts):
-                assert opt in text.split(), f"{name}: {opt} missing or cut"
+                assert opt in words, f"{name}: {opt} missing or cut"
+                checked += 1
+    assert checked >= 2, f"{name}: no option was checked"
 
 
 def test_top_level_help_lists_commands_without_fragments_and_has_a_version():

@@ -86,3 +86,28 @@ def test_old_tables_without_identity_columns_still_load_and_report(tmp_path):
     assert (df["network"] == "").all()
     r = runner.invoke(app, ["report", str(path)])
     assert r.exit_code == 0, r.output
+
+
+def test_report_warns_when_it_drops_rows_it_cannot_tell_apart(tmp_path):
+    """Two values in one run (backbone, hash, timestamp) with nothing in any column to tell
+    them apart: report keeps the last and says so; rows differing in an identity column are
+    both kept and nothing is said."""
+    row = {"backbone": "pixels", "ckpt_hash": "h", "arch": "pixels", "dataset": "digits",
+           "split": "test", "feature": "pixels", "eval": "knn", "metric": "top1",
+           "param": "k=20", "value": 0.9, "n": 10, "seconds": 1.0, "version": "0.1.0",
+           "timestamp": "2026-01-01T00:00:00+00:00", "train_data": "digits:train[:300]",
+           "train_n": 300}
+    path = tmp_path / "r.csv"
+    pd.DataFrame([row, {**row, "value": 0.5}]).to_csv(path, index=False)
+    r = runner.invoke(app, ["report", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "1 rows left out: measured again in one run with nothing in their columns to " \
+           "tell them apart" in r.output.replace("\n", " ")
+    cells = json.loads(r.stdout[r.stdout.index("{"):])["cells"]
+    assert [c["mean"] for c in cells] == [0.5]  # the last kept
+    pd.DataFrame([row, {**row, "value": 0.5, "train_data": "digits:train[:100]",
+                        "train_n": 100}]).to_csv(path, index=False)
+    r = runner.invoke(app, ["report", str(path), "--json"])
+    assert r.exit_code == 0 and "left out" not in r.output
+    assert sorted(c["mean"] for c in json.loads(r.stdout[r.stdout.index("{"):])["cells"]) == [
+        0.5, 0.9]

@@ -69,7 +69,8 @@ def test_scale_cli_errors_exit_2(tmp_path, ckpt):
                             "--val-feats", str(tmp_path / "c"), "--max-memory", "lots"])
     assert r.exit_code == 2 and "memory size" in r.output
     r = runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "c"),
-                            "--val-feats", str(tmp_path / "c"), "--max-memory", "100MB"])
+                            "--val-feats", str(tmp_path / "c"), "--max-memory", "100MB",
+                            "--k", "5"])
     assert r.exit_code == 2 and "already uses" in r.output
     r = runner.invoke(app, ["knn-bank", "--train-feats", str(tmp_path / "c"),
                             "--val-feats", str(tmp_path / "c"), "--bank-dtype", "int8",
