@@ -95,12 +95,11 @@ KNN = {"ks": Case(S, ("--k", "1")), "temperature": Case(S, ("--temperature", "0.
        "per_class": Case(S, ("--per-class",))}
 TRAIN_VAL = {"train": Case(F, ("--train", "digits:train[:50]")),
              "val": Case(F, ("--val", "digits:test[:6]"))}
-RET = {"k": Case(S, ("--k", "2")), "ap": Case(S, ("--ap", "step")),
+RET = {"ks": Case(S, ("--k", "2")), "ap_kind": Case(S, ("--ap", "step")),
        "max_memory": Case(S, ("--max-memory", "2GB")), "show": Case(S, ("--show", "1")),
        "html": Case(S, ("--html", "{tmp}/hits.html")),
-       "workers": EXTRACT["num_workers"], "out": OUT,
-       **{k: v for k, v in {**BACKBONE, **EXTRACT}.items()
-          if k not in ("feature", "num_workers", "img_size")}}
+       "out": OUT,
+       **{k: v for k, v in {**BACKBONE, **EXTRACT}.items() if k not in ("feature", "img_size")}}
 
 BASE = {  # each command's arguments besides --ckpt (8-60 tiny images)
     "knn": ("--train", "digits:train[:60]", "--val", "digits:test[:8]", "--k", "3",
@@ -158,7 +157,7 @@ CASES: dict[str, dict[str, Case]] = {
                         "world_size": Case(S, skip="see --rank")},
     "retrieval": {**RET, "query": Case(F, ("--query", "digits:test[:6]")),
                   "gallery": Case(F, ("--gallery", "digits:test[:10]")),
-                  "protocol": Case(S, ("--protocol", "hard")),
+                  "protocols": Case(S, ("--protocol", "hard")),
                   "multiscale": Case(F, ("--multiscale",)),
                   "resize": Case(F, ("--resize", "square"),
                                  base=("--query", "imagefolder:{tmp}/nonsquare")),
@@ -207,7 +206,7 @@ CASES: dict[str, dict[str, Case]] = {
               "num_heads": BACKBONE["num_heads"], "out": OUT,
               "train": Case(F, ("--train", "shapes:train@n=5,size=16")),
               "test": Case(F, ("--test", "shapes:test@n=2,size=16")),
-              "method": Case(S, ("--method", "linear", "--max-iter", "2")),
+              "methods": Case(S, ("--method", "linear", "--max-iter", "2")),
               "targets": Case(S, ("--targets", "soft")), "k": Case(S, ("--k", "2")),
               "temperature": Case(S, ("--temperature", "0.5")),
               "max_bank": Case(S, ("--max-bank", "400")),
