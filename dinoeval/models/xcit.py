@@ -38,10 +38,10 @@ class XcitAdapter(Adapter):
 
     XCiT's own blocks attend across channels (cross-covariance), so they have no token-to-token
     map. Its last blocks (``cls_attn_blocks``, CaiT's class attention) attend from the class
-    token to ``[CLS, patches]`` with a standard softmax: those rows are XCiT's attention maps
-    (the maps of the XCiT paper's figures, and what DINO's ``visualize_attention.py`` shows for
-    a ViT: row 0 over the patch keys). ``depth``/``block`` count the class-attention blocks
-    (2 in the released models; ``-1`` is the last).
+    token to ``[CLS, patches]`` with a standard softmax: those rows are XCiT's token attention
+    maps (for a ViT, DINO's ``visualize_attention.py`` shows the same row: the CLS query over
+    the patch keys). ``depth``/``block`` count the class-attention blocks (2 in the released
+    models; ``-1`` is the last).
     """
 
     max_blocks = 1
