@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import re
 import warnings
@@ -160,11 +161,9 @@ def load_file(path: str | Path) -> Any:
         except Exception as err:
             raise DinoevalError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS + _numpy_globals()), \
-                warnings.catch_warnings():
-            # files saved with pickle protocol 4/5 load fine; torch warns about them regardless
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _weights_only_load(path)
+    except DinoevalError:
+        raise
     except Exception as err:
         msg = str(err)
         found = re.search(r"GLOBAL ([\w.]+)", msg)
@@ -177,6 +176,43 @@ def load_file(path: str | Path) -> Any:
         detail = next((ln for ln in lines if "Unsupported" in ln or "Error" in ln), lines[0])
         raise DinoevalError(f"checkpoint {path} cannot be read by torch.load ({detail.strip()}); "
                             "is it a PyTorch or safetensors checkpoint?") from None
+
+
+def _torch_load(source: Path | io.BytesIO) -> Any:
+    with torch.serialization.safe_globals(SAFE_GLOBALS + _numpy_globals()), \
+            warnings.catch_warnings():
+        # a protocol 4/5 file is rewritten below when torch cannot read it: no warning to show
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def _weights_only_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file pickled with protocol 3-5, whose opcodes torch's
+    weights-only unpickler lacks ("Unsupported operand 149"), is rewritten to protocol 2 first
+    (:mod:`dinoeval.models.pickle_compat`) and read by the same unpickler and allow-list."""
+    from dinoeval.models.pickle_compat import (
+        PickleDowngradeError,
+        downgrade_checkpoint,
+        pickle_protocol,
+    )
+
+    try:
+        return _torch_load(path)
+    except Exception as err:
+        proto = pickle_protocol(path)
+        if "Unsupported operand" not in str(err) or proto is None or proto <= 2:
+            raise
+        log.info("%s: pickle protocol %d, rewritten to protocol 2 for the weights-only loader",
+                 path, proto)
+        try:
+            copy = downgrade_checkpoint(path)
+        except PickleDowngradeError as bad:
+            raise DinoevalError(
+                f"checkpoint {path} is pickled with protocol {proto} and uses {bad}, which "
+                "torch's weights-only loader cannot read safely; re-save it from a trusted "
+                "session as a plain state_dict (torch.save(state_dict, path)) or as "
+                ".safetensors") from None
+        return _torch_load(copy)
 
 
 def safetensors_metadata(path: Path) -> dict[str, str]:

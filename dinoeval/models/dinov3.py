@@ -92,27 +92,42 @@ def rope_periods(head_dim: int, base: float = ROPE_BASE) -> torch.Tensor:
 
 def build_eva(*, embed_dim: int, depth: int, num_heads: int, patch_size: int = 16,
               in_chans: int = 3, reg_tokens: int = 4, qkv_bias: bool = False,
-              mlp_ratio: float = 4.0, swiglu: bool = False) -> nn.Module:
-    """A timm ``Eva`` with the DINOv3 settings of timm's ``vit_*_patch16_dinov3``."""
+              mlp_ratio: float = 4.0, swiglu: bool = False, norm_eps: float = 1e-5,
+              act: str | None = None, rope_base: float = ROPE_BASE) -> nn.Module:
+    """A timm ``Eva`` with the DINOv3 settings of timm's ``vit_*_patch16_dinov3``.
+
+    ``norm_eps``: every LayerNorm's epsilon (DINOv3: 1e-5); ``act``: the MLP activation (the
+    gate's in a SwiGLU), a ``transformers`` ``hidden_act`` name (default: GELU, SiLU for
+    SwiGLU); ``rope_base``: the RoPE period base (DINOv3: 100).
+    """
     from timm.models.eva import Eva
 
-    return Eva(
+    from dinoeval.models.hf import activation_layer
+
+    model = Eva(
         img_size=224, patch_size=patch_size, in_chans=in_chans, num_classes=0,
         global_pool="token", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
         qkv_bias=qkv_bias, mlp_ratio=mlp_ratio, swiglu_mlp=swiglu, init_values=1e-5,
-        rope_type="dinov3", rope_temperature=ROPE_BASE, rope_rotate_half=True,
+        swiglu_align_to=1 if swiglu else 0,  # SwiGLU with separate fc1_g / fc1_x (w1 / w2)
+        rope_type="dinov3", rope_temperature=rope_base, rope_rotate_half=True,
         use_rot_pos_emb=True, use_abs_pos_emb=False, num_reg_tokens=reg_tokens,
-        use_fc_norm=False, norm_layer=partial(LayerNorm, eps=1e-5), dynamic_img_size=True,
+        use_fc_norm=False, norm_layer=partial(LayerNorm, eps=norm_eps), dynamic_img_size=True,
     ).eval()
+    if act is not None:  # Eva takes no act_layer: set each block's MLP activation
+        for blk in model.blocks:
+            blk.mlp.act = activation_layer(act)()
+    return model
 
 
-def eva_arch(model: nn.Module, name: str) -> Arch:
+def eva_arch(model: nn.Module, name: str, *, act: str | None = None,
+             rope_base: float = ROPE_BASE) -> Arch:
     p = model.patch_embed.patch_size
     p = p if isinstance(p, int) else p[0]
     return Arch(name=name, embed_dim=model.embed_dim, depth=len(model.blocks), patch_size=int(p),
                 img_size=(224, 224), num_heads=model.blocks[0].attn.num_heads,
                 in_chans=int(model.patch_embed.proj.in_channels),
-                reg_tokens=model.num_prefix_tokens - 1)
+                reg_tokens=model.num_prefix_tokens - 1, norm_eps=float(model.norm.eps),
+                act=act or type(model.blocks[0].mlp.act).__name__.lower(), rope_base=rope_base)
 
 
 def _to_timm(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -160,19 +175,26 @@ def _build_dinov3(state: dict[str, torch.Tensor], raw: RawCheckpoint,
     swiglu = "blocks.0.mlp.w1.weight" in state
     hidden = state["blocks.0.mlp.w1.weight" if swiglu else "blocks.0.mlp.fc1.weight"].shape[0]
     proj = state["patch_embed.proj.weight"]
+    hf = "hf-" in raw.format  # config.json states what the weights cannot
+    eps = raw.meta.get("layer_norm_eps", 1e-5) if hf else 1e-5
+    act = raw.meta.get("hidden_act") if hf else None
+    base = raw.meta.get("rope_theta", ROPE_BASE) if hf else ROPE_BASE
     model = build_eva(
         embed_dim=dim, depth=1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")),
         num_heads=heads, patch_size=int(proj.shape[-1]), in_chans=int(proj.shape[1]),
         reg_tokens=int(state["storage_tokens"].shape[1]) if "storage_tokens" in state else 0,
         qkv_bias=any(k.endswith("q_bias") and v.abs().max() > 0 for k, v in conv.items()),
-        mlp_ratio=(hidden + 0.5) / dim, swiglu=swiglu)
+        mlp_ratio=(hidden + 0.5) / dim, swiglu=swiglu, norm_eps=eps, act=act, rope_base=base)
     if not any(k.endswith("q_bias") and v.abs().max() > 0 for k, v in conv.items()):
         conv = {k: v for k, v in conv.items() if not k.endswith(("q_bias", "v_bias"))}
     load_strict(model, conv, "DINOv3 ViT")
     size = _SIZES.get(dim, f"d{dim}")
     notes = [f"ignored {', '.join(ignored[:6])}"] if ignored else []
-    return Built(model=model, arch=eva_arch(model, f"ViT-{size}/{int(proj.shape[-1])}-dinov3"),
-                 adapter=EVA_ADAPTER, notes=notes, eval_size=(224, 224))
+    if hf:
+        notes.append(f"from config.json: layer_norm_eps {eps:g}, hidden_act "
+                     f"{act or 'default'}, rope_theta {base:g}")
+    arch = eva_arch(model, f"ViT-{size}/{int(proj.shape[-1])}-dinov3", act=act, rope_base=base)
+    return Built(model=model, arch=arch, adapter=EVA_ADAPTER, notes=notes, eval_size=(224, 224))
 
 
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

@@ -15,19 +15,22 @@ Read (on-disk names of the hub exports, and the ``transformers`` 5 in-memory nam
 
 Separate q/k/v projections are concatenated into ``attn.qkv`` (DINOv3: with ``bias_mask`` zeroing
 the key bias). A model-class prefix (``dinov2.``, ``vit.``, ``model.``) and classifier keys are
-dropped. The number of heads is not in the weights: it is read from ``config.json`` next to the
-file when present (:func:`hf_config_meta`).
+dropped. What the weights do not carry (heads, ``layer_norm_eps``, ``hidden_act``, DINOv3's
+``rope_theta``) is read from ``config.json`` next to the file when present
+(:func:`hf_config_meta`) and used to build the network.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from dinoeval.errors import DinoevalError
 
@@ -116,9 +119,38 @@ def convert_hf(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return out, kind
 
 
+#: ``hidden_act`` names of ``transformers``' ``ACT2FN`` that a timm block can run exactly.
+HF_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish",
+                  "quick_gelu")
+
+
+def activation_layer(name: str) -> Callable[[], nn.Module]:
+    """The torch module class of a ``transformers`` ``hidden_act`` name (``gelu``: erf GELU;
+    ``gelu_new``/``gelu_pytorch_tanh``: the tanh approximation; ``quick_gelu``:
+    ``x * sigmoid(1.702 x)``).
+
+    Raises:
+        DinoevalError: a name outside :data:`HF_ACTIVATIONS`.
+    """
+    from timm.layers import QuickGELU
+
+    table: dict[str, Callable[[], nn.Module]] = {
+        "gelu": nn.GELU, "gelu_new": partial(nn.GELU, approximate="tanh"),
+        "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh"), "relu": nn.ReLU,
+        "silu": nn.SiLU, "swish": nn.SiLU, "quick_gelu": QuickGELU}
+    if name not in table:
+        raise DinoevalError(f"config.json hidden_act {name!r} is not supported (readable: "
+                            f"{', '.join(HF_ACTIVATIONS)}); convert the export to one of them")
+    return table[name]
+
+
 def hf_config_meta(path: Path) -> dict[str, Any]:
-    """``num_heads`` and ``layer_norm_eps`` from the ``config.json`` beside an export (empty when
-    there is none or it cannot be read)."""
+    """The ``config.json`` fields beside an export that the weights do not carry and that change
+    the forward: ``num_heads`` (``num_attention_heads``), ``layer_norm_eps``, ``hidden_act``
+    (checked against :data:`HF_ACTIVATIONS`) and DINOv3's ``rope_theta``. Empty when there is no
+    config or it cannot be read. (Sizes, registers, SwiGLU / gated MLP and biases are read off
+    the tensors; ``layerscale_value`` only initialises the stored LayerScale; ``pos_embed_*``
+    are training-time augmentations.)"""
     cfg = path.parent / "config.json"
     if not cfg.is_file():
         return {}
@@ -126,9 +158,16 @@ def hf_config_meta(path: Path) -> dict[str, Any]:
         data = json.loads(cfg.read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
     meta: dict[str, Any] = {}
     if isinstance(data.get("num_attention_heads"), int):
         meta["num_heads"] = data["num_attention_heads"]
-    if isinstance(data.get("layer_norm_eps"), float):
-        meta["layer_norm_eps"] = data["layer_norm_eps"]
+    if isinstance(data.get("layer_norm_eps"), (int, float)) and data["layer_norm_eps"] > 0:
+        meta["layer_norm_eps"] = float(data["layer_norm_eps"])
+    if isinstance(data.get("hidden_act"), str):
+        activation_layer(data["hidden_act"])  # an unknown one is refused here, by name
+        meta["hidden_act"] = data["hidden_act"]
+    if isinstance(data.get("rope_theta"), (int, float)) and data["rope_theta"] > 0:
+        meta["rope_theta"] = float(data["rope_theta"])
     return meta

@@ -37,7 +37,9 @@ class Arch:
 
     ``patch_size``: pixels per token side (the output stride for a ResNet);
     ``img_size``: native input ``(H, W)`` (the position table's, or the training crop);
-    ``reg_tokens``: tokens between the class token and the patch tokens (registers, storage tokens).
+    ``reg_tokens``: tokens between the class token and the patch tokens (registers, storage tokens);
+    ``norm_eps``, ``act``, ``rope_base``: LayerNorm epsilon, MLP activation (a ``transformers``
+    ``hidden_act`` name) and RoPE base, where the family has them (``None`` otherwise).
     """
 
     name: str
@@ -48,6 +50,9 @@ class Arch:
     num_heads: int = 0
     in_chans: int = 3
     reg_tokens: int = 0
+    norm_eps: float | None = None
+    act: str | None = None
+    rope_base: float | None = None
 
 
 class Adapter(abc.ABC):

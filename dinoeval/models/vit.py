@@ -20,7 +20,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,7 +53,10 @@ class ViTArch:
 
     ``img_size`` is the grid the position embeddings were trained for, times the patch size.
     ``pos_embed_has_cls``: whether ``pos_embed`` carries an entry for the class token.
-    ``mlp``: ``"mlp"`` (fc1-GELU-fc2) or ``"swiglu"`` (DINOv2 ViT-g's fused SwiGLU, ``w12``/``w3``).
+    ``mlp``: ``"mlp"`` (fc1-act-fc2) or ``"swiglu"`` (DINOv2 ViT-g's fused SwiGLU, ``w12``/``w3``).
+    ``norm_eps``: every LayerNorm's epsilon (1e-6 in DINO and DINOv2; a Hugging Face export
+    states its own ``layer_norm_eps``). ``act``: the MLP activation, a ``transformers``
+    ``hidden_act`` name (``gelu`` is the exact erf GELU of DINO / DINOv2).
     """
 
     embed_dim: int
@@ -67,6 +71,8 @@ class ViTArch:
     layer_scale: bool = False
     pos_embed_has_cls: bool = True
     mlp: str = "mlp"
+    norm_eps: float = 1e-6
+    act: str = "gelu"
 
     @property
     def name(self) -> str:
@@ -135,6 +141,7 @@ def infer_arch(state: Mapping[str, torch.Tensor], *, num_heads: int | None = Non
         patch_size=patch, img_size=(grid * patch, grid * patch), in_chans=int(proj.shape[1]),
         mlp_ratio=mlp_ratio, qkv_bias="blocks.0.attn.qkv.bias" in state, reg_tokens=reg,
         layer_scale="blocks.0.ls1.gamma" in state, pos_embed_has_cls=has_cls, mlp=mlp,
+        act="silu" if mlp == "swiglu" else "gelu",
     )
 
 
@@ -210,9 +217,12 @@ def build_vit(arch: ViTArch, *, img_size: int | tuple[int, int] | None = None,
     Register tokens use timm's ``no_embed_class`` layout; :func:`to_timm_layout` converts weights.
     """
     size = size_pair(img_size) if img_size is not None and pos_rule is None else arch.img_size
-    kw: dict[str, Any] = {}
+    from dinoeval.models.hf import activation_layer
+
+    kw: dict[str, Any] = {"norm_layer": partial(nn.LayerNorm, eps=arch.norm_eps),
+                          "act_layer": activation_layer(arch.act)}
     if arch.mlp == "swiglu":
-        kw = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
+        kw.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
     cls = VisionTransformer if pos_rule is None else OfficialPosViT
     model = cls(
         img_size=size, patch_size=arch.patch_size, in_chans=arch.in_chans,
@@ -331,8 +341,14 @@ def _is_dinov2(state: Mapping[str, torch.Tensor], raw: RawCheckpoint) -> bool:
 def _build(state: dict[str, torch.Tensor], raw: RawCheckpoint, opts: BuildOptions,
            rule: tuple[float, bool] | None, eval_size: int | None = None) -> Built:
     arch = infer_arch(state, num_heads=opts.num_heads or heads_from_meta(raw.meta))
-    model, unexpected = load_vit(state, arch, pos_rule=rule)
     notes = []
+    if "hf-" in raw.format:  # what config.json states and the weights cannot
+        eps = raw.meta.get("layer_norm_eps", arch.norm_eps)
+        # transformers' DINOv2 SwiGLU is SiLU whatever hidden_act says
+        act = raw.meta.get("hidden_act", arch.act) if arch.mlp == "mlp" else arch.act
+        arch = replace(arch, norm_eps=eps, act=act)
+        notes.append(f"from config.json: layer_norm_eps {eps:g}, hidden_act {act}")
+    model, unexpected = load_vit(state, arch, pos_rule=rule)
     if unexpected:
         notes.append(f"unexpected keys ignored: {', '.join(unexpected[:10])}"
                      f"{' ...' if len(unexpected) > 10 else ''}")

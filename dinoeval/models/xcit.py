@@ -7,6 +7,9 @@ Official layout (``facebookresearch/xcit``, ``xcit.py``): ``cls_token``,
 then class-attention blocks ``cls_attn_blocks.*`` (``attn.qkv`` split into ``q``/``k``/``v`` by
 timm's ``checkpoint_filter_fn``) and ``norm``. Any input size (Fourier position features).
 
+Attention maps: the CLS row of the class-attention blocks' softmax over the patch keys
+(:class:`XcitAdapter`); ``--block`` counts those blocks.
+
 ``tokens_norm`` is not stored in the weights: it is on for widths >= 384 (XCiT-S/M/L, the DINO
 releases) and off for nano/tiny, as in timm's and the official model tables.
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from dinoeval.errors import DinoevalError
 from dinoeval.models.dinov3 import load_strict
 from dinoeval.models.registry import Adapter, Arch, BuildOptions, Built, Family, register_family
 
@@ -29,14 +33,62 @@ _SIZES = {128: "N", 192: "T", 384: "S", 512: "M", 768: "L"}
 
 
 class XcitAdapter(Adapter):
-    """CLS and patch tokens after the class-attention blocks and the final norm."""
+    """CLS and patch tokens after the class-attention blocks and the final norm; CLS attention
+    of the class-attention blocks.
 
-    no_attention = ("XCiT attends across channels, not tokens; its class-attention maps are "
-                    "not provided")
+    XCiT's own blocks attend across channels (cross-covariance), so they have no token-to-token
+    map. Its last blocks (``cls_attn_blocks``, CaiT's class attention) attend from the class
+    token to ``[CLS, patches]`` with a standard softmax: those rows are XCiT's token attention
+    maps (for a ViT, DINO's ``visualize_attention.py`` shows the same row: the CLS query over
+    the patch keys). ``depth``/``block`` count the class-attention blocks (2 in the released
+    models; ``-1`` is the last).
+    """
+
     max_blocks = 1
+
+    def depth(self, model: nn.Module) -> int:
+        return len(model.cls_attn_blocks)
 
     def tokens(self, model: nn.Module, x: torch.Tensor, n_last: int) -> list[torch.Tensor]:
         return [model.forward_features(x)]
+
+    def cls_attention(self, model: nn.Module, x: torch.Tensor, block: int,
+                      num_prefix_tokens: int) -> torch.Tensor:
+        """``(B, heads, H // p, W // p)``: the softmax of ``q_cls . k / sqrt(d_head)`` of
+        class-attention block ``block`` over all keys, the patch keys kept (the CLS key's
+        share is left out, so a row sums to ``1 - a_cls``)."""
+        blocks = model.cls_attn_blocks
+        if not -len(blocks) <= block < len(blocks):
+            raise DinoevalError(f"--block {block} out of range: XCiT has {len(blocks)} "
+                                f"class-attention blocks (0..{len(blocks) - 1}, -1 the last)")
+        with torch.no_grad():
+            tokens, grid = _class_attention_input(model, x, block % len(blocks))
+            ca = blocks[block % len(blocks)]
+            attn = ca.attn
+            h = ca.norm1(tokens)
+            b, n, c = h.shape
+            heads = attn.num_heads
+            q = attn.q(h[:, 0]).reshape(b, heads, 1, c // heads)
+            k = attn.k(h).reshape(b, n, heads, c // heads).transpose(1, 2)
+            weights = ((q @ k.transpose(-2, -1)) * (c // heads) ** -0.5).softmax(dim=-1)
+        rows = weights[:, :, 0, num_prefix_tokens:].float()
+        return rows.reshape(b, heads, *grid)
+
+
+def _class_attention_input(model: nn.Module, x: torch.Tensor,
+                           index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``[CLS, patches]`` entering class-attention block ``index``, and the patch grid."""
+    b = x.shape[0]
+    x, (hp, wp) = model.patch_embed(x)
+    if model.pos_embed is not None:
+        x = x + model.pos_embed(b, hp, wp).reshape(b, -1, x.shape[1]).permute(0, 2, 1)
+    x = model.pos_drop(x)
+    for blk in model.blocks:
+        x = blk(x, hp, wp)
+    x = torch.cat((model.cls_token.expand(b, -1, -1), x), dim=1)
+    for blk in model.cls_attn_blocks[:index]:
+        x = blk(x)
+    return x, (hp, wp)
 
 
 XCIT_ADAPTER = XcitAdapter()

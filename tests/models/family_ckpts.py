@@ -68,8 +68,9 @@ def _hf_blocks_to_official(sd: dict, prefix: str, depth: int, *, v3: bool) -> di
     return out
 
 
-def dinov2_hf_model(*, registers: int = 0, swiglu: bool = False, seed: int = 0):
-    """A tiny random ``transformers`` DINOv2 (16 px, patch 4, width 64, 2 heads, depth 2)."""
+def dinov2_hf_model(*, registers: int = 0, swiglu: bool = False, seed: int = 0, **cfg):
+    """A tiny random ``transformers`` DINOv2 (16 px, patch 4, width 64, 2 heads, depth 2);
+    ``cfg`` overrides config fields (``layer_norm_eps``, ``hidden_act``, ...)."""
     from transformers import (
         Dinov2Config,
         Dinov2Model,
@@ -80,6 +81,7 @@ def dinov2_hf_model(*, registers: int = 0, swiglu: bool = False, seed: int = 0):
     _seeded(seed)
     kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=4,
               image_size=16, use_swiglu_ffn=swiglu, layer_norm_eps=1e-6)
+    kw.update(cfg)
     if registers:
         model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers,
                                                                    **kw))
@@ -111,16 +113,18 @@ def hf_reference(model) -> Reference:
     return ref
 
 
-def dinov3_hf_model(*, storage: int = 4, qkv_bias: bool = True, seed: int = 0):
-    """A tiny random ``transformers`` DINOv3 ViT (patch 16, width 64, 2 heads, depth 2)."""
+def dinov3_hf_model(*, storage: int = 4, qkv_bias: bool = True, seed: int = 0, **cfg):
+    """A tiny random ``transformers`` DINOv3 ViT (patch 16, width 64, 2 heads, depth 2);
+    ``cfg`` overrides config fields (``layer_norm_eps``, ``use_gated_mlp``, ``rope_theta``)."""
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
     _seeded(seed)
-    cfg = DINOv3ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=256, patch_size=16, image_size=32,
-                          num_register_tokens=storage, query_bias=qkv_bias, value_bias=qkv_bias,
-                          layerscale_value=0.5)
-    model = DINOv3ViTModel(cfg).eval()
+    kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+              intermediate_size=256, patch_size=16, image_size=32,
+              num_register_tokens=storage, query_bias=qkv_bias, value_bias=qkv_bias,
+              layerscale_value=0.5)
+    kw.update(cfg)
+    model = DINOv3ViTModel(DINOv3ViTConfig(**kw)).eval()
     _perturb(model)
     return model
 
@@ -143,14 +147,16 @@ def dinov3_official(model) -> dict:
     return out
 
 
-def vit_hf_model(seed: int = 0):
-    """A tiny random ``transformers`` ``ViTModel`` (DINO v1 export, 16 px, patch 4, width 64)."""
+def vit_hf_model(seed: int = 0, **cfg):
+    """A tiny random ``transformers`` ``ViTModel`` (DINO v1 export, 16 px, patch 4, width 64);
+    ``cfg`` overrides config fields."""
     from transformers import ViTConfig, ViTModel
 
     _seeded(seed)
-    model = ViTModel(ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=256, patch_size=4, image_size=16,
-                               layer_norm_eps=1e-6), add_pooling_layer=False).eval()
+    kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
+              patch_size=4, image_size=16, layer_norm_eps=1e-6)
+    kw.update(cfg)
+    model = ViTModel(ViTConfig(**kw), add_pooling_layer=False).eval()
     _perturb(model)
     return model
 
@@ -203,12 +209,12 @@ def timm_vit(seed: int = 0, **kw):
     return model
 
 
-def xcit_model(seed: int = 0):
+def xcit_model(seed: int = 0, cls_attn_layers: int = 1):
     from timm.models.xcit import Xcit
 
     _seeded(seed)
     model = Xcit(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=0,
-                 cls_attn_layers=1, tokens_norm=False).eval()
+                 cls_attn_layers=cls_attn_layers, tokens_norm=False).eval()
     _perturb(model, 0.1)
     return model
 
@@ -246,3 +252,45 @@ def resnet_model(seed: int = 0, *, bottleneck: bool = True):
                 m.running_var.uniform_(0.5, 1.5)
     model.fc = torch.nn.Identity()
     return model
+
+
+# --- one tiny checkpoint file (or folder) per family, for the command-line tests -------------
+
+def _save(path: Path, obj) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def _dinov2_train(root: Path) -> Path:
+    v2 = dinov2_official(dinov2_hf_model(registers=2))
+    model = {f"{net}.backbone.{k}": v for net in ("teacher", "student") for k, v in v2.items()}
+    return _save(root / "model_final.rank_0.pth", {"model": model, "iteration": 10})
+
+
+def _pretrain_run(root: Path) -> Path:
+    """This project's pretrain layout: ``teacher``/``student`` ``backbone.*`` + ``config``."""
+    sd = {f"backbone.{k}": v for k, v in timm_vit().state_dict().items()}
+    run = root / "run"
+    run.mkdir()
+    return _save(run / "checkpoint.pth", {"teacher": sd, "student": sd, "epoch": 1,
+                                          "config": {"arch": "vit_tiny", "num_heads": 1}})
+
+
+#: family -> [(example name, build(folder) -> checkpoint path, input side)]; every family of
+#: the registry must have one (tests/models/test_family_cli.py fails for a family without).
+EXAMPLES: dict[str, list[tuple[str, Callable[[Path], Path], int]]] = {
+    "dino": [("dino", lambda r: _save(r / "dino.pth", timm_vit().state_dict()), 16),
+             ("dino-1ch", lambda r: _save(r / "dino1.pth", timm_vit(in_chans=1).state_dict()),
+              16)],
+    "dinov2": [("dinov2-reg", lambda r: _save(r / "v2reg.pth", dinov2_official(
+        dinov2_hf_model(registers=2))), 16),
+               ("dinov2-train", _dinov2_train, 16),
+               ("hf-dinov2", lambda r: save_hf_export(r / "hf", dinov2_hf_model(), legacy=True),
+                16)],
+    "dinov3": [("dinov3", lambda r: _save(r / "v3.pth", dinov3_official(dinov3_hf_model())),
+                32)],
+    "xcit": [("xcit", lambda r: _save(r / "xcit.pth", xcit_official(xcit_model())), 32)],
+    "resnet": [("resnet", lambda r: _save(r / "rn.pth", resnet_model(
+        bottleneck=False).state_dict()), 32)],
+    "dinoeval": [("dinoeval-pretrain", _pretrain_run, 16)],
+}

@@ -142,10 +142,40 @@ def test_xcit_official_layout_equals_timm(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _close(_tokens(bb, x), m.forward_features(x))
-    with pytest.raises(DinoevalError, match="channels, not tokens"):
-        bb.cls_attention(x)
     with pytest.raises(DinoevalError, match="last block only"):
         bb.tokens(x, 4)
+
+
+def _timm_class_attention(m, x, block):
+    """Reference: the softmax of timm's own ``ClassAttn`` caught at its ``attn_drop``."""
+    attn = m.cls_attn_blocks[block].attn
+    caught = []
+    handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: caught.append(out))
+    fused, attn.fused_attn = attn.fused_attn, False
+    try:
+        with torch.no_grad():
+            m.forward_features(x)
+    finally:
+        handle.remove()
+        attn.fused_attn = fused
+    return caught[0][:, :, 0, 1:]  # (B, heads, patches): CLS row over the patch keys
+
+
+@pytest.mark.parametrize("size", [(32, 32), (32, 48)])
+def test_xcit_class_attention_maps_equal_timms_softmax(tmp_path, size):
+    m = fc.xcit_model(cls_attn_layers=2)
+    torch.save(fc.xcit_official(m), tmp_path / "dino_xcit.pth")
+    bb = load_backbone(str(tmp_path / "dino_xcit.pth"))
+    assert bb.depth == 2  # --block counts the class-attention blocks
+    x = torch.randn(2, 3, *size)
+    for block in (-1, 0):
+        ours = bb.cls_attention(x, block)
+        assert ours.shape == (2, 4, size[0] // 8, size[1] // 8)
+        ref = _timm_class_attention(m, x, block)
+        _close(ours.flatten(2), ref)
+        assert float(ours.sum((-2, -1)).max()) < 1.0  # the CLS key's share is left out
+    with pytest.raises(DinoevalError, match="2 class-attention blocks"):
+        bb.cls_attention(x, 2)
 
 
 def test_resnet50_layout_gives_pooled_2048_features(tmp_path):

@@ -1,51 +1,35 @@
-"""Every command runs on a checkpoint of every family (tiny checkpoints, tiny data), and
-``dinoeval inspect`` describes each one."""
+"""Every command runs on a checkpoint of every registered family (tiny checkpoints, tiny data),
+and ``dinoeval inspect`` describes each one. The families come from the registry, so a new
+family fails here until it has an example in :data:`tests.models.family_ckpts.EXAMPLES`."""
 
 import json
 import warnings
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dinoeval.cli import app
+from dinoeval.models import load_backbone
+from dinoeval.models.registry import families
 from tests.models import family_ckpts as fc
 
 pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", module="transformers")
 runner = CliRunner()
 
-# family -> (input size, has attention)
-FAMILIES = {"dino": (16, True), "dino-1ch": (16, True), "dinov2-reg": (16, True),
-            "dinov2-train": (16, True), "hf-dinov2": (16, True), "dinov3": (32, True),
-            "xcit": (32, False), "resnet": (32, False)}
+NO_ATTENTION = {"resnet"}  # every other family gives CLS attention maps (XCiT: class attention)
+CASES = [(f.name, ex) for f in families() for ex in fc.EXAMPLES.get(f.name, [(None, None, 0)])]
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    out = {}
-    torch.save(fc.timm_vit().state_dict(), root / "dino.pth")
-    torch.save(fc.timm_vit(in_chans=1).state_dict(), root / "dino1.pth")
-    v2 = fc.dinov2_hf_model(registers=2)
-    torch.save(fc.dinov2_official(v2), root / "v2reg.pth")
-    model = {f"teacher.backbone.{k}": v for k, v in fc.dinov2_official(v2).items()}
-    model |= {f"student.backbone.{k}": v for k, v in fc.dinov2_official(v2).items()}
-    torch.save({"model": model, "iteration": 10}, root / "model_final.rank_0.pth")
-    fc.save_hf_export(root / "hf", fc.dinov2_hf_model(), legacy=True)
-    torch.save(fc.dinov3_official(fc.dinov3_hf_model()), root / "v3.pth")
-    torch.save(fc.xcit_official(fc.xcit_model()), root / "xcit.pth")
-    torch.save(fc.resnet_model(bottleneck=False).state_dict(), root / "rn50.pth")
-    names = ["dino.pth", "dino1.pth", "v2reg.pth", "model_final.rank_0.pth", "hf", "v3.pth",
-             "xcit.pth", "rn50.pth"]
-    for fam, name in zip(FAMILIES, names, strict=True):
-        out[fam] = str(root / name)
-    return out
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("families")
 
 
 def _commands(ckpt: str, size: int, tmp) -> dict[str, list[str]]:
     common = ["--ckpt", ckpt, "--img-size", str(size)]
     return {
+        "inspect": ["inspect", ckpt, "--json"],
         "knn": ["knn", *common, "--train", "digits:train[:40]", "--val", "digits:test[:20]",
                 "--k", "5"],
         "extract": ["extract", *common, "--data", "digits:test[:20]", "--cache-dir", str(tmp / "f")],
@@ -59,20 +43,33 @@ def _commands(ckpt: str, size: int, tmp) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_command_runs_on_every_family(ckpts, family, tmp_path):
-    size, has_attention = FAMILIES[family]
-    for name, args in _commands(ckpts[family], size, tmp_path).items():
+@pytest.mark.parametrize("family,example", CASES,
+                         ids=[f"{fam}:{ex[0]}" for fam, ex in CASES])
+def test_every_command_runs_on_every_family(root, family, example, tmp_path):
+    name, build, size = example
+    assert build is not None, (f"registered family {family!r} has no tiny checkpoint in "
+                               "tests/models/family_ckpts.EXAMPLES: add one")
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    ckpt = str(build(folder))
+    bb = load_backbone(ckpt)
+    assert bb.family == family, f"{name} was read as {bb.family}"
+    has_attention = bb.adapter.no_attention is None
+    assert has_attention == (family not in NO_ATTENTION)
+    for cmd, args in _commands(ckpt, size, tmp_path).items():
         r = runner.invoke(app, args)
-        if name == "attention" and not has_attention:
+        if cmd == "attention" and not has_attention:
             assert r.exit_code == 2 and "has no attention maps" in r.output, r.output
             assert "Traceback" not in r.output
             continue
-        assert r.exit_code == 0, f"{name} on {family}: {r.output}"
+        assert r.exit_code == 0, f"{cmd} on {name} ({family}): {r.output}"
+        if cmd == "inspect":
+            assert json.loads(r.stdout)["family"] == family
 
 
-def test_inspect_describes_a_dinov2_training_checkpoint(ckpts):
-    r = runner.invoke(app, ["inspect", ckpts["dinov2-train"], "--json"])
+def test_inspect_describes_a_dinov2_training_checkpoint(tmp_path):
+    ckpt = str(fc._dinov2_train(tmp_path))
+    r = runner.invoke(app, ["inspect", ckpt, "--json"])
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)  # stderr carries the chosen-resolution warning
     assert info["family"] == "dinov2" and info["format"] == "dinov2-train"
@@ -80,10 +77,11 @@ def test_inspect_describes_a_dinov2_training_checkpoint(ckpts):
     assert info["iteration"] == 10 and info["register_tokens"] == 2 and info["patch_size"] == 4
     assert info["native_resolution"] == [16, 16] and info["evaluation_resolution"] == [224, 224]
     assert info["parameters"] > 0 and info["head"] is None
-    r = runner.invoke(app, ["inspect", ckpts["dinov3"]])
+    v3 = str(fc.EXAMPLES["dinov3"][0][1](tmp_path))
+    r = runner.invoke(app, ["inspect", v3])
     assert r.exit_code == 0 and "storage tokens" in r.output and "dinov3" in r.output
     r = runner.invoke(app, ["inspect", "--families"])
-    assert r.exit_code == 0 and all(f in r.output for f in ("dinov3", "xcit", "resnet"))
+    assert r.exit_code == 0 and all(f.name in r.output for f in families())
 
 
 def test_broken_download_is_one_line_exit_2(tmp_path):
