@@ -118,3 +118,48 @@ def check_output_dir(path: Path, option: str = "--out") -> Path:
     """An output folder that exists or can be created (neither it nor a parent is a file)."""
     _check_ancestors(path, path, option)
     return path
+
+
+ImgSize = int | tuple[int, int]
+"""A model input size: ``N`` (square) or ``(H, W)``."""
+
+IMG_SIZE_FORMS = "N or HxW (height x width), e.g. 224 or 224x320"
+
+
+def parse_img_size(value: Any, option: str = "--img-size", *,
+             square_only: str | None = None) -> ImgSize | None:
+    """``value`` (``None``, ``224``, ``"224"``, ``"224x320"`` or ``(224, 320)``) as an input size:
+    ``N`` for a square one (``"224x224"`` too), ``(H, W)`` otherwise; ``None`` stays ``None``.
+
+    ``square_only``: why the command needs a square side; a non-square size is then refused
+    with that reason.
+
+    Raises:
+        DinoevalError: another form, a side that is not a positive integer, or a non-square size
+            where ``square_only`` is given.
+    """
+    if value is None:
+        return None
+    sides: tuple[Any, ...]
+    if isinstance(value, str):
+        text = value.strip().lower().replace("×", "x")
+        parts = [p.strip() for p in text.split("x")] if "x" in text else [text]
+        if len(parts) not in (1, 2) or not all(p.lstrip("-").isdigit() for p in parts):
+            raise DinoevalError(f"{option} must be {IMG_SIZE_FORMS}; got {value!r}")
+        sides = tuple(int(p) for p in parts)
+    elif isinstance(value, (tuple, list)):
+        sides = tuple(value)
+    else:
+        sides = (value,)
+    n_ok = len(sides) == 2 if isinstance(value, (tuple, list)) else len(sides) in (1, 2)
+    if not n_ok or not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):
+        raise DinoevalError(f"{option} must be {IMG_SIZE_FORMS}; got {value!r}")
+    for s in sides:
+        if s <= 0:
+            raise DinoevalError(f"{option} must be > 0, got {value}")
+    if len(sides) == 1 or sides[0] == sides[1]:
+        return int(sides[0])
+    if square_only is not None:
+        raise DinoevalError(f"{option} {sides[0]}x{sides[1]} is not square, and {square_only}; "
+                            "pass one number")
+    return (int(sides[0]), int(sides[1]))

@@ -15,8 +15,10 @@ Field metadata understood here:
 * ``flag``: the option's name(s) when not ``--field-name`` (``"--k"``, ``("--ckpt", "-c")``);
 * ``shown``: how ``--help`` states a long tuple default (``"13 from 1e-4 to 1"``);
 * ``cli``: ``(type, to_field, default)`` for a field whose command-line form differs (a count
-  ``--seeds 3`` for the field ``seeds=(0, 1, 2)``): the option's type, a function turning the
-  option's value into the field's, and the option's default.
+  ``--seeds 3`` for the field ``seeds=(0, 1, 2)``; ``--img-size 224x320`` for ``(224, 320)``):
+  the option's type, a function turning the option's value into the field's (it may raise
+  :class:`~dinoeval.errors.DinoevalError`: one ``error:`` line), and the option's default;
+* ``metavar``: with ``cli``, how ``--help`` names the value (``N|HxW``).
 
 Tuples (``tuple[int, ...]``) become repeatable options whose default is the field's (an option
 not given keeps the field default).
@@ -97,7 +99,8 @@ def option_spec(group: Group, f: dataclasses.Field) -> tuple[Any, Any, Callable[
     if "cli" in f.metadata:
         cli_type, to_field, default = f.metadata["cli"]
         default = group.defaults.get(f.name, default)
-        return Annotated[cli_type, typer.Option(*_flags(f), help=help_text)], default, to_field
+        opt = typer.Option(*_flags(f), help=help_text, metavar=f.metadata.get("metavar"))
+        return Annotated[cli_type, opt], default, to_field
     default = group.defaults.get(f.name, _field_default(f))
     if _is_tuple(tp):
         shown = f.metadata.get("shown") or " ".join(str(v) for v in default)

@@ -11,6 +11,7 @@ import typer
 from dinoeval.cli._common import (
     CkptOpt,
     OutOpt,
+    check_out,
     console,
     labelled_specs,
     run_each,
@@ -38,8 +39,9 @@ def retrieval(
     gallery: Annotated[str | None, typer.Option(
         help="Gallery data. Default: a revisited benchmark's database, else the query data "
         "itself (each query then skips itself).")] = None,
-    img_size: Annotated[int | None, typer.Option(
-        help="Input side of ViTs (DINO uses 224). Default: the checkpoint's.")] = None,
+    img_size: Annotated[str | None, typer.Option(
+        help="Input side N of ViTs (DINO uses 224); --resize says how images meet it. "
+        "Default: the checkpoint's.", metavar="N")] = None,
     html: HtmlOpt = None,
     out: OutOpt = None,
     *,
@@ -56,11 +58,14 @@ def retrieval(
       dinoeval retrieval -c dino.pth -c pixels --img-size 224
         --query roxford5k:query@data/roxford5k --out results.csv
     """
+    from dinoeval.checks import parse_img_size
     from dinoeval.errors import DinoevalError
-    from dinoeval.pipeline.retrieval import resolve_retrieval_sources, run_retrieval
+    from dinoeval.pipeline.retrieval import SQUARE_ONLY, resolve_retrieval_sources, run_retrieval
 
     with user_errors():
-        bopts = dataclasses.replace(backbone, img_size=img_size)
+        side = parse_img_size(img_size, square_only=SQUARE_ONLY)
+        bopts = dataclasses.replace(backbone, img_size=side)
+        check_out(out)  # before the sources and the copy benchmark are built
         _check_html(html)
         if config.multiscale and "pixels" in ckpt:
             raise DinoevalError("--multiscale needs ViT backbones; pixels have no scales (drop "
@@ -117,6 +122,7 @@ def copy_detection(
     from dinoeval.pipeline.retrieval import run_copy_detection
 
     with user_errors():
+        check_out(out)  # before the sources and the copy benchmark are built
         _check_html(html)
         if (data is None) == (copydays is None):
             raise DinoevalError("give exactly one of --data (procedural copies) or --copydays DIR")

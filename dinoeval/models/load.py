@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dinoeval.checks import positive
+from dinoeval.checks import parse_img_size, positive
 from dinoeval.models.backbone import Backbone, assemble, backbone_from_raw
 from dinoeval.models.checkpoints import RawCheckpoint, read_checkpoint
 from dinoeval.models.registry import BuildOptions, detect_family
@@ -39,7 +39,7 @@ def load_backbone(
     *,
     checkpoint_key: str = "teacher",
     weights: str | Path | None = None,
-    img_size: int | tuple[int, int] | None = None,
+    img_size: int | tuple[int, int] | str | None = None,
     num_heads: int | None = None,
     pixel_size: int | None = None,
     seed: int = 0,
@@ -50,7 +50,7 @@ def load_backbone(
         spec: checkpoint path, ``timm:NAME``, ``random:ARCH`` or ``pixels``.
         checkpoint_key: which network of a training checkpoint (``teacher`` or ``student``).
         weights: a state-dict file for ``timm:NAME``.
-        img_size: input size ``N`` or ``(H, W)``; default: the family's evaluation resolution
+        img_size: input size ``N``, ``(H, W)`` or ``"HxW"``; default: the family's evaluation resolution
             (224 for DINOv2/DINOv3), else the native one. Position tables are resampled by the
             family's rule.
         num_heads: override the heads-from-width table.
@@ -60,9 +60,8 @@ def load_backbone(
     Raises:
         DinoevalError: unreadable/unsafe file, no family recognises it, or bad sizes.
     """
-    sides = (img_size,) if img_size is None or isinstance(img_size, int) else tuple(img_size)
-    for option, value in (*(("--img-size", s) for s in sides), ("--num-heads", num_heads),
-                          ("--pixel-size", pixel_size)):
+    img_size = parse_img_size(img_size)
+    for option, value in (("--num-heads", num_heads), ("--pixel-size", pixel_size)):
         if value is not None:
             positive(option, value)
     if spec == "pixels":

@@ -274,9 +274,11 @@ def check_img_size(img_size: int | tuple[int, int] | None, patch: int, name: str
         return
     sides = size_pair(img_size)
     if min(sides) < patch or any(s % patch for s in sides):
-        raise DinoevalError(f"--img-size {img_size} is not a multiple of the patch size "
-                            f"{patch} of {name}; use e.g. "
-                            f"{max(1, round(sides[0] / patch)) * patch}")
+        near = [max(1, round(s / patch)) * patch for s in sides]
+        given = "x".join(map(str, sides)) if sides[0] != sides[1] else str(sides[0])
+        hint = "x".join(map(str, near)) if sides[0] != sides[1] else str(near[0])
+        raise DinoevalError(f"--img-size {given} is not a multiple of the patch size "
+                            f"{patch} of {name}; use e.g. {hint}")
 
 
 def load_vit(state: Mapping[str, torch.Tensor], arch: ViTArch, *,

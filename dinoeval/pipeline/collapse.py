@@ -281,6 +281,11 @@ def run_collapse_stats(ckpt: str, data: str | ImageSource, *,
     src = as_source(data)
     skip_note = check_collapse_labels(src, config)  # before any work
     backbone = backbone_opts.load(ckpt)
+    size = backbone.img_size
+    if config.align_pairs > 0 and size is not None and size[0] != size[1]:
+        raise DinoevalError(f"the alignment's augmented views are square (DINO's global crops) "
+                            f"and --img-size {size[0]}x{size[1]} is not: pass one number, or "
+                            "--align-pairs 0")
     fs = get_features(backbone, src, extract_opts, progress)
     labels = fs.labels if (fs.labels >= 0).all() and len(np.unique(fs.labels)) >= 2 else None
     notes = notes_of(backbone, (fs, src))

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, check_device, one_of, option, positive
+from dinoeval.checks import (
+    at_least,
+    check_device,
+    one_of,
+    option,
+    parse_img_size,
+    positive,
+)
 from dinoeval.data.segmentation import MaskedImages, get_segmentation_source
 from dinoeval.errors import DinoevalError
 from dinoeval.eval.dense import DenseResult, dense_knn, linear_segmentation
@@ -32,8 +39,9 @@ class DenseConfig:
 
     Attributes:
         methods: ``linear`` and/or ``knn``.
-        img_size: images are resized (no crop) to this square side, floored to the patch size;
-            ``None``: the source's native size when all images share one, else 448.
+        img_size: images are resized (no crop) to this side ``N`` or ``(H, W)`` (``"HxW"`` is
+            parsed), floored to the patch size; ``None``: the source's native size when all
+            images share one, else 448.
         targets: patch targets, ``majority`` or ``soft``.
         k, temperature, max_bank: dense k-NN (k nearest train patches, vote ``exp(sim/T)``, at
             most ``max_bank`` train patches kept).
@@ -51,9 +59,10 @@ class DenseConfig:
         200_000, help="Most train patches kept (seeded subsample beyond; memory 4*D bytes each).")
     weight_decay: float = option(1e-4, help="Linear probe L2 penalty.")
     max_iter: int = option(200, help="Linear probe L-BFGS iterations.")
-    img_size: int | None = option(
-        None, help="Square input side, floored to the patch size. Default: the images' own size "
-        "when they all share one, else 448.")
+    img_size: int | tuple[int, int] | None = option(
+        None, help="Images resized (no crop) to N or HxW, floored to the patch size. Default: "
+        "the images' own size when they all share one, else 448.",
+        cli=(str | None, parse_img_size, None), metavar="N|HxW")
     pixel_patch: int = option(
         8, help="Patch side for the pixels backbone (its features are each patch's raw RGB "
         "values).")
@@ -67,8 +76,7 @@ class DenseConfig:
         for m in self.methods:
             one_of("--method", m, METHODS)
         one_of("--targets", self.targets, ("majority", "soft"))
-        if self.img_size is not None:
-            at_least("--img-size", self.img_size, 1)
+        object.__setattr__(self, "img_size", parse_img_size(self.img_size))
         at_least("--k", self.k, 1)
         positive("--temperature", self.temperature)
         at_least("--max-bank", self.max_bank, 1)
@@ -101,7 +109,9 @@ def evaluate_dense(train_feats: np.ndarray, train_masks: Sequence[np.ndarray],
 
 def input_side(data: MaskedImages, config: DenseConfig, patch: int) -> tuple[int, int]:
     """The network input size: ``img_size`` (or the native/448 default) floored to ``patch``."""
-    if config.img_size is not None:
+    if isinstance(config.img_size, tuple):
+        side = config.img_size
+    elif config.img_size is not None:
         side = (config.img_size, config.img_size)
     elif data.native_size is not None:
         side = data.native_size

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, one_of, option, positive
+from dinoeval.checks import at_least, one_of, option, parse_img_size, positive
 from dinoeval.data._base import ImageSource
 from dinoeval.data.copies import CopyBenchmark
 from dinoeval.data.roxford import RevisitedGroundTruth, RevisitedSource
@@ -119,6 +119,17 @@ class RetrievalConfig:
         one_of("--resize", self.resize, RESIZE_MODES)
 
 
+
+SQUARE_ONLY = ("retrieval and copy detection take one side N (retrieval's --resize says how "
+               "each image meets it)")
+
+
+
+def _square_side(value: str | int | None) -> int | None:
+    """``--img-size`` of copy detection: one side ``N`` (``HxW`` is refused with the reason)."""
+    return parse_img_size(value, square_only=SQUARE_ONLY)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CopyDetectionConfig:
     """Copy-detection settings (defaults: DINO's ``eval_copy_detection.py``).
@@ -130,7 +141,8 @@ class CopyDetectionConfig:
         ks, ap_kind, max_memory, show: as :class:`RetrievalConfig`.
     """
 
-    img_size: int = option(320, help="Square input side of ViTs (DINO uses 320).")
+    img_size: int = option(320, help="Square input side of ViTs (DINO uses 320).",
+                           cli=(str, _square_side, "320"), metavar="N")
     whiten: bool = option(True, help="PCA-whiten (learned on separate images).")
     whitening_power: float = option(0.5, help="0.5 whitens fully, 0 rotates.")
     ks: tuple[int, ...] = _ranking("ks")
@@ -140,7 +152,9 @@ class CopyDetectionConfig:
 
     def __post_init__(self) -> None:
         check_ranking_options(self.ks, self.ap_kind, self.max_memory, self.show)
-        at_least("--img-size", self.img_size, 8)
+        side = parse_img_size(self.img_size, square_only=SQUARE_ONLY)
+        object.__setattr__(self, "img_size", side)
+        at_least("--img-size", side, 8)
         if self.whitening_power < 0:
             raise DinoevalError(f"--whitening-power must be >= 0, got {self.whitening_power}")
 

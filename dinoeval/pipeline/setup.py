@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dinoeval.checks import at_least, check_device, one_of, option
+from dinoeval.checks import at_least, check_device, one_of, option, parse_img_size
 from dinoeval.data import ImageSource, get_source
 from dinoeval.errors import DinoevalError
 from dinoeval.features import FEATURE_KINDS, FeatureCache, FeatureSet, extract_features
@@ -40,9 +40,10 @@ class BackboneOptions:
     checkpoint_key: str = option(
         "teacher", help="Which network of a DINO training checkpoint: teacher or student.")
     weights: str | None = option(None, help="State-dict file for a timm:NAME backbone.")
-    img_size: int | None = option(
-        None, help="Model input size (position embeddings are interpolated). Default: the "
-        "checkpoint's.")
+    img_size: int | tuple[int, int] | None = option(
+        None, help="Model input size: N or HxW (height x width, e.g. 224x320); position "
+        "embeddings are resampled by the checkpoint family's rule. Default: the family's "
+        "evaluation size.", cli=(str | None, parse_img_size, None), metavar="N|HxW")
     num_heads: int | None = option(
         None, help="Attention heads, when the width->heads table (192:3, 384:6, 768:12) is "
         "wrong.")
@@ -52,6 +53,7 @@ class BackboneOptions:
 
     def __post_init__(self) -> None:
         one_of("--checkpoint-key", self.checkpoint_key, ("teacher", "student"))
+        object.__setattr__(self, "img_size", parse_img_size(self.img_size))  # "224x320" -> (224, 320)
         at_least("--seed", self.seed, 0)
 
     def check_specs(self, specs: Sequence[str]) -> None:
