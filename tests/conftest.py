@@ -88,6 +88,18 @@ def dino_train_checkpoint(path, vit, *, center_scale: float = 1.0, same_student:
 
 
 @pytest.fixture
+def narrow_vit_file(tmp_path) -> str:
+    """A width-32, depth-1 ViT (patch 4, 16 px, seed 0) saved as a plain state dict."""
+    arch = ViTArch(embed_dim=32, depth=1, num_heads=2, patch_size=4, img_size=(16, 16))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_vit(arch)
+    p = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), p)
+    return str(p)
+
+
+@pytest.fixture
 def dino_ckpt(tmp_path, tiny_vit):
     return dino_train_checkpoint(tmp_path / "dino.pth", tiny_vit)
 

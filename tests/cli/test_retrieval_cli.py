@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from dinoeval.cli import app
-from dinoeval.models import ViTArch, build_vit
 from dinoeval.results import COLUMNS
 from tests.data.test_roxford import make_revisited
 
@@ -16,14 +14,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def ckpt(tmp_path):
-    arch = ViTArch(embed_dim=32, depth=1, num_heads=2, patch_size=4, img_size=(16, 16))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_vit(arch)
-    p = tmp_path / "tiny.pth"
-    torch.save(model.state_dict(), p)
-    return str(p)
+def ckpt(narrow_vit_file):
+    return narrow_vit_file
 
 
 def test_retrieval_on_a_revisited_fixture_writes_rows_and_the_view(tmp_path, ckpt):

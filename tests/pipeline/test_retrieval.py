@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from dinoeval.data._base import ArraySource
 from dinoeval.data.copies import procedural_copies
 from dinoeval.errors import DinoevalError
 from dinoeval.features import FeatureSet
-from dinoeval.models import ViTArch, build_vit
 from dinoeval.pipeline import BackboneOptions, ExtractOptions
 from dinoeval.pipeline.retrieval import (
     CopyDetectionConfig,
@@ -30,14 +28,8 @@ def _fs(x, labels=None):
 
 
 @pytest.fixture
-def tiny_ckpt(tmp_path):
-    arch = ViTArch(embed_dim=32, depth=1, num_heads=2, patch_size=4, img_size=(16, 16))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_vit(arch)
-    p = tmp_path / "tiny.pth"
-    torch.save(model.state_dict(), p)
-    return str(p)
+def tiny_ckpt(narrow_vit_file):
+    return narrow_vit_file
 
 
 def test_label_retrieval_of_separated_classes_is_perfect_without_the_query_itself():
